@@ -1,0 +1,182 @@
+"""The workbench's one entry point (invoke).
+
+    invoke lab                                 JupyterLab on notebooks/
+    invoke run [--profile quick|full] [--only 01,03] [--device cuda]
+                                               execute notebooks headlessly (papermill) into build/
+    invoke refresh [--only 01]                 re-execute notebooks in place (quick profile)
+    invoke test [--fast]                       unit tests, then nbval over every notebook
+    invoke bench [--only schedules]            run benchmarks/ and print their tables
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from invoke import Exit, task
+
+ROOT = Path(__file__).resolve().parent
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build"
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+# Outer wall-clock limits per notebook (seconds): papermill can hang after the last cell.
+TIMEOUT = {"quick": 20 * 60, "full": 6 * 60 * 60}
+
+
+def _notebooks(only: str | None) -> list[Path]:
+    books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = [w for w in wanted if not any(b.name.startswith(w) for b in books)]
+        if unknown:
+            names = ", ".join(b.name for b in books)
+            raise Exit(f"--only names no notebook for {unknown}; notebooks are: {names}", code=2)
+        books = [b for b in books if any(b.name.startswith(w) for w in wanted)]
+    return books
+
+
+def _failed_cell(path: Path) -> str:
+    """Describe the first cell of an executed notebook whose output is an error."""
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "no output notebook was written"
+    code_index = 0
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        code_index += 1
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                first_line = "".join(cell.get("source", "")).strip().splitlines()[:1]
+                return (f"code cell {code_index} ({first_line[0][:60] if first_line else ''!r}): "
+                        f"{out.get('ename')}: {str(out.get('evalue'))[:200]}")
+    return "no cell holds an error (the kernel died or papermill was stopped)"
+
+
+def _execute(book: Path, output: Path, parameters: dict, timeout: int, progress: bool) -> tuple[str, float, str]:
+    cmd = [sys.executable, "-m", "papermill", str(book), str(output), "--cwd", str(NOTEBOOKS),
+           "--kernel", "python3"]
+    for key, value in parameters.items():
+        cmd += ["-p", key, str(value)]
+    cmd += ["--progress-bar" if progress else "--no-progress-bar"]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, timeout=timeout, capture_output=not progress, text=True)
+        ok = proc.returncode == 0
+        detail = "" if ok else _failed_cell(output)
+    except subprocess.TimeoutExpired:
+        ok, detail = False, f"stopped by the outer wall-clock limit ({timeout} s)"
+    return ("ok" if ok else "FAILED"), time.perf_counter() - start, detail
+
+
+def _table(rows: list[tuple[str, str, float]]) -> str:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'notebook':<{width}}  status   seconds", f"{'-' * width}  ------  --------"]
+    lines += [f"{name:<{width}}  {status:<6}  {secs:8.1f}" for name, status, secs in rows]
+    return "\n".join(lines)
+
+
+@task
+def lab(c, port: int = 8888):
+    """Start JupyterLab on notebooks/."""
+    c.run(f"{sys.executable} -m jupyter lab --notebook-dir={NOTEBOOKS} --port={port}", pty=True)
+
+
+@task(help={
+    "profile": "quick (CPU, minutes) or full (GPU, the real experiment)",
+    "only": "comma-separated notebook prefixes, e.g. 01,03",
+    "device": "force a device (cpu, cuda, cuda:1, mps); default: best available",
+    "timeout": "outer wall-clock limit per notebook in seconds (default by profile)",
+})
+def run(c, profile: str = "quick", only: str | None = None, device: str | None = None,
+        timeout: int | None = None, progress: bool = True):
+    """Execute notebooks headlessly with papermill into build/; figures land in figures/."""
+    if profile not in TIMEOUT:
+        raise Exit(f"--profile must be one of {sorted(TIMEOUT)}, got {profile!r}", code=2)
+    books = _notebooks(only)
+    out_dir = BUILD / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"profile": profile}
+    if device:
+        parameters["device"] = device
+    rows, failures = [], []
+    for i, book in enumerate(books, 1):
+        print(f"[{i}/{len(books)}] {book.name} (profile={profile})", flush=True)
+        status, secs, detail = _execute(book, out_dir / book.name, parameters,
+                                        timeout or TIMEOUT[profile], progress)
+        rows.append((book.name, status, secs))
+        if detail:
+            failures.append(f"{book.name}: {detail}")
+    print()
+    print(_table(rows))
+    print(f"\nexecuted notebooks: {out_dir}\nfigures: {ROOT / 'figures'}")
+    if failures:
+        print("\nfailures:\n  " + "\n  ".join(failures))
+        raise Exit(f"{len(failures)} of {len(books)} notebooks failed", code=1)
+
+
+@task(help={"only": "comma-separated notebook prefixes, e.g. 01,03"})
+def refresh(c, only: str | None = None, timeout: int | None = None):
+    """Re-execute notebooks in place (quick profile) so committed outputs match the code."""
+    books = _notebooks(only)
+    rows, failures = [], []
+    for i, book in enumerate(books, 1):
+        print(f"[{i}/{len(books)}] refreshing {book.name}", flush=True)
+        tmp = BUILD / "refresh" / book.name
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        status, secs, detail = _execute(book, tmp, {}, timeout or TIMEOUT["quick"], True)
+        rows.append((book.name, status, secs))
+        if status == "ok":
+            nb = json.loads(tmp.read_text())
+            _strip_volatile_metadata(nb)
+            book.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        else:
+            failures.append(f"{book.name}: {detail}")
+    print()
+    print(_table(rows))
+    if failures:
+        print("\nfailures (left unchanged):\n  " + "\n  ".join(failures))
+        raise Exit(f"{len(failures)} of {len(books)} notebooks failed", code=1)
+
+
+def _strip_volatile_metadata(nb: dict) -> None:
+    """Drop papermill's per-run timings so refreshed notebooks diff only where outputs change."""
+    nb.get("metadata", {}).pop("papermill", None)
+    for cell in nb.get("cells", []):
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+
+
+@task(help={
+    "fast": "unit tests only (skip nbval over the notebooks)",
+    "workers": "pytest-xdist workers for the unit tests (default 2)",
+})
+def test(c, fast: bool = False, workers: int = 2, only: str | None = None):
+    """Unit tests, then nbval re-executing every notebook and checking its key outputs."""
+    env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg")
+    c.run(f"{sys.executable} -m pytest tests -q -n {workers} -p no:cacheprovider", env=env, pty=False)
+    if fast:
+        return
+    books = " ".join(str(b.relative_to(ROOT)) for b in _notebooks(only))
+    c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider --nbval-lax "
+          f"--nbval-sanitize-with {SANITIZE.relative_to(ROOT)} --nbval-cell-timeout=900 {books}",
+          env=env, pty=False)
+
+
+@task(help={"only": "comma-separated benchmark names, e.g. schedules,models"})
+def bench(c, only: str | None = None):
+    """Run benchmarks/bench_*.py and print their tables (ratios against peers, same run)."""
+    scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+    if only:
+        wanted = [w.strip() for w in only.split(",")]
+        scripts = [s for s in scripts if any(w in s.stem for w in wanted)]
+    if not scripts:
+        raise Exit("no benchmark matched", code=2)
+    for script in scripts:
+        print(f"\n=== {script.stem} ===", flush=True)
+        c.run(f"{sys.executable} {script}", pty=False)
