@@ -1,0 +1,381 @@
+"""A small decoder-only transformer with pluggable positional encodings and MLPs.
+
+nanoGPT-sized and readable: pre-norm blocks (RMSNorm), causal self-attention through
+``torch.nn.functional.scaled_dot_product_attention`` (flash-attn on CUDA when installed and
+asked for), SwiGLU MLPs (or a Mixture-of-Experts layer from ``lib.moe``), optional tied
+embeddings. The positional encoding is a ``lib.encodings.PositionalEncoding`` chosen by name,
+so RoPE, ALiBi, additive and state-carrying encodings share one attention implementation.
+
+The same shapes build as transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``
+(``to_hf``) and weights copy across exactly (``copy_to_hf``), so results can be checked
+against the ecosystem's implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lib.encodings import PositionalEncoding, build_encoding
+
+ATTN_IMPLS = ("sdpa", "flash", "eager")
+
+
+def _round_up(x: float, multiple: int) -> int:
+    return int(multiple * math.ceil(x / multiple))
+
+
+@dataclass
+class ModelConfig:
+    """Shape and options of a ``Transformer``. All sizes are counts (not bytes).
+
+    ``d_ff`` is the SwiGLU hidden width; by default 8/3 * d_model rounded up to a multiple
+    of 64 (Llama's convention, which keeps the MLP at ~8 d_model^2 parameters).
+    """
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    max_seq_len: int = 256
+    encoding: str = "rope"
+    encoding_kwargs: dict[str, Any] = field(default_factory=dict)
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    mlp: str = "swiglu"
+    moe: dict[str, Any] = field(default_factory=dict)
+    init_std: float = 0.02
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads!r} must be a positive divisor of n_heads={self.n_heads}")
+        if self.d_ff is None:
+            self.d_ff = _round_up(8 * self.d_model / 3, 64)
+        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"d_ff must be a positive integer, got {self.d_ff!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.norm_eps > 0 and self.init_std > 0):
+            raise ValueError("norm_eps and init_std must be positive")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.mlp not in MLP_REGISTRY:
+            raise ValueError(f"mlp must be one of {sorted(MLP_REGISTRY)}, got {self.mlp!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModelOutput:
+    """``loss`` = ``lm_loss`` + ``aux_loss`` (auxiliary losses, e.g. MoE load balancing)."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    lm_loss: Tensor | None = None
+    aux_loss: Tensor | None = None
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP (Shazeer 2020): down(silu(gate(x)) * up(x)), gate and up fused in one matmul."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.d_ff = d_ff
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).split(self.d_ff, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def _build_swiglu(config: ModelConfig) -> nn.Module:
+    return SwiGLU(config.d_model, config.d_ff)
+
+
+def _build_moe(config: ModelConfig) -> nn.Module:
+    from lib.moe import MoEFeedForward  # lazy: only MoE models need it
+
+    return MoEFeedForward(d_model=config.d_model, d_ff=config.d_ff, **config.moe)
+
+
+MLP_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "swiglu": _build_swiglu,
+    "moe": _build_moe,
+}
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+class Attention(nn.Module):
+    """Causal multi-head (grouped-query) self-attention with rotary/bias encoding hooks."""
+
+    def __init__(self, config: ModelConfig, encoding: PositionalEncoding):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv_heads * self.head_dim
+        self.qkv = nn.Linear(config.d_model, self.q_size + 2 * self.kv_size, bias=False)
+        self.out = nn.Linear(self.q_size, config.d_model, bias=False)
+        self.dropout = config.dropout
+        self.attn_impl = config.attn_impl
+        # Shared with the model, which registers it once; a plain attribute here keeps it out
+        # of this module's state_dict (no duplicate keys per layer).
+        object.__setattr__(self, "encoding", encoding)
+        self.capture = False  # when True, eager attention keeps its probabilities here:
+        self.last_probs: Tensor | None = None
+
+    def forward(self, x: Tensor, positions: Tensor, bias: Tensor | None) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.encoding.rotate(q, k, positions)
+        p = self.dropout if self.training else 0.0
+        if self.capture or self.attn_impl == "eager":
+            y = self._eager(q, k, v, bias, p)
+        elif self.attn_impl == "flash" and bias is None and q.is_cuda and (fa := _flash_attn_func()):
+            # flash-attn wants [B, T, H, D] in half precision.
+            dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+            y = fa(*(z.transpose(1, 2).to(dtype) for z in (q, k, v)), dropout_p=p, causal=True)
+            y = y.to(x.dtype).transpose(1, 2)
+        elif bias is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.out(y.transpose(1, 2).reshape(b, t, self.q_size))
+
+    def _eager(self, q, k, v, bias, p):
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        scores = scores + (bias if bias is not None else _causal_mask(q.shape[-2], q.device, q.dtype))
+        probs = scores.softmax(dim=-1)
+        if self.capture:
+            self.last_probs = probs.detach()
+        return F.dropout(probs, p=p, training=self.training) @ v
+
+
+def _causal_mask(t: int, device, dtype) -> Tensor:
+    return torch.full((t, t), float("-inf"), device=device, dtype=dtype).triu(1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, encoding: PositionalEncoding):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config, encoding)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP_REGISTRY[config.mlp](config)
+
+    def forward(self, x: Tensor, positions: Tensor, bias: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, bias)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. ``forward(idx, targets=None) -> ModelOutput``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoding = build_encoding(config.encoding, d_model=config.d_model,
+                                       n_heads=config.n_heads, head_dim=config.head_dim,
+                                       max_seq_len=config.max_seq_len, **config.encoding_kwargs)
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, self.encoding) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.drop = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)
+        so the residual stream's variance does not grow with depth (GPT-2's recipe)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norms keep their ones; encodings/MoE biases keep their own init
+            scaled = name.endswith(("attn.out.weight", "mlp.down.weight", "w_down"))
+            nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers) if scaled else std)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be [batch, time] token ids, got shape {tuple(idx.shape)}")
+        t = idx.shape[1]
+        positions = torch.arange(t, device=idx.device)
+        x = self.drop(self.encoding.embed(self.embed(idx), positions))
+        bias = self.encoding.attn_bias(t, t, idx.device, x.dtype)
+        if bias is not None:
+            bias = bias + _causal_mask(t, idx.device, bias.dtype)
+        for i, block in enumerate(self.blocks):
+            x = self.encoding.block_hook(i, block(x, positions, bias))
+        logits = self.head(self.norm(x))
+        if targets is None:
+            return ModelOutput(logits=logits)
+        lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        aux = self.aux_loss(logits.device)
+        return ModelOutput(logits=logits, loss=lm_loss + aux, lm_loss=lm_loss, aux_loss=aux)
+
+    def aux_loss(self, device) -> Tensor:
+        """Sum of the auxiliary losses MLP layers set on their last forward (MoE balancing)."""
+        total = torch.zeros((), device=device)
+        for block in self.blocks:
+            aux = getattr(block.mlp, "aux_loss", None)
+            if aux is not None:
+                total = total + aux
+        return total
+
+    @torch.no_grad()
+    def attention_maps(self, idx: Tensor) -> list[Tensor]:
+        """Attention probabilities [B, H, T, T] of every layer for ``idx`` (eager path)."""
+        for block in self.blocks:
+            block.attn.capture = True
+        try:
+            self.forward(idx)
+            return [block.attn.last_probs for block in self.blocks]
+        finally:
+            for block in self.blocks:
+                block.attn.capture, block.attn.last_probs = False, None
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (tied weights once). ``exclude_embeddings`` drops the token
+        embedding and an untied output head (Kaplan et al.'s "non-embedding" N)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, exact: bool = False) -> float:
+        """Training FLOPs per token (forward + backward).
+
+        ``exact=False``: 6 N with N all parameters (Chinchilla's C = 6ND). ``exact=True``:
+        6 N_non-embedding + 6 d_model V (output logits, counted even when tied) + 12 n_layers T
+        d_model (attention scores QK^T and weighted values AV, 2 T d_model FLOPs each per token
+        forward, x3 for training, without causal halving, as Chinchilla's Appendix F;
+        T = ``seq_len``, default ``max_seq_len``).
+        For MoE layers only the active experts count. See ``lib.scaling`` for the full
+        Chinchilla Appendix-F accounting.
+        """
+        c = self.config
+        if not exact:
+            return 6.0 * self._active_params(exclude_embeddings=False)
+        t = c.max_seq_len if seq_len is None else seq_len
+        if not isinstance(t, int) or t <= 0:
+            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        n = self._active_params(exclude_embeddings=True)
+        return 6.0 * n + 6.0 * c.d_model * c.vocab_size + 12.0 * c.n_layers * t * c.d_model
+
+    def _active_params(self, exclude_embeddings: bool) -> int:
+        n = self.num_params(exclude_embeddings=exclude_embeddings)
+        for block in self.blocks:
+            inactive = getattr(block.mlp, "inactive_params_per_token", None)
+            if callable(inactive):
+                n -= inactive()
+        return n
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def hf_config(config: ModelConfig, arch: str = "llama"):
+    """The transformers config of the same shape (``arch`` "llama" or "qwen2"); RoPE only."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    if config.encoding != "rope" or config.mlp != "swiglu":
+        raise ValueError("to_hf supports encoding='rope' with mlp='swiglu' (use lib.encodings.apply_to_hf "
+                         f"for other encodings); got encoding={config.encoding!r}, mlp={config.mlp!r}")
+    common = dict(vocab_size=config.vocab_size, hidden_size=config.d_model,
+                  intermediate_size=config.d_ff, num_hidden_layers=config.n_layers,
+                  num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
+                  max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps,
+                  initializer_range=config.init_std, tie_word_embeddings=config.tie_embeddings,
+                  rope_parameters={"rope_type": "default",
+                                   "rope_theta": float(config.encoding_kwargs.get("base", 10000.0))},
+                  attention_dropout=config.dropout, use_cache=False)
+    if arch == "llama":
+        return LlamaConfig(**common, attention_bias=False, mlp_bias=False, head_dim=config.head_dim)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
+
+
+def to_hf(config: ModelConfig, arch: str = "llama", attn_implementation: str = "sdpa"):
+    """A randomly initialised transformers causal LM of the same shape (no downloads)."""
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    cls = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM}.get(arch)
+    if cls is None:
+        raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
+    hf = cls(hf_config(config, arch))
+    hf.set_attn_implementation(attn_implementation)
+    return hf
+
+
+@torch.no_grad()
+def copy_to_hf(model: Transformer, hf_model) -> None:
+    """Copy ``model``'s weights into a transformers Llama/Qwen2 model of the same shape.
+
+    Qwen2's q/k/v biases are zeroed (ours has none), so logits match exactly.
+    """
+    c = model.config
+    hf_model.model.embed_tokens.weight.copy_(model.embed.weight)
+    if not c.tie_embeddings:
+        hf_model.lm_head.weight.copy_(model.head.weight)
+    hf_model.model.norm.weight.copy_(model.norm.weight)
+    q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    for block, layer in zip(model.blocks, hf_model.model.layers, strict=True):
+        q, k, v = block.attn.qkv.weight.split((q_size, kv_size, kv_size), dim=0)
+        attn = layer.self_attn
+        attn.q_proj.weight.copy_(q)
+        attn.k_proj.weight.copy_(k)
+        attn.v_proj.weight.copy_(v)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            if proj.bias is not None:
+                proj.bias.zero_()
+        attn.o_proj.weight.copy_(block.attn.out.weight)
+        gate, up = block.mlp.gate_up.weight.split(c.d_ff, dim=0)
+        layer.mlp.gate_proj.weight.copy_(gate)
+        layer.mlp.up_proj.weight.copy_(up)
+        layer.mlp.down_proj.weight.copy_(block.mlp.down.weight)
+        layer.input_layernorm.weight.copy_(block.attn_norm.weight)
+        layer.post_attention_layernorm.weight.copy_(block.mlp_norm.weight)

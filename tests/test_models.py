@@ -1,0 +1,103 @@
+"""lib.models against independent references: transformers' Llama/Qwen2 and torch's FLOP counter."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
+
+
+def tiny(**kw):
+    base = dict(vocab_size=97, d_model=64, n_layers=2, n_heads=4, max_seq_len=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("n_kv_heads,tie", [(4, True), (2, False)])
+def test_logits_equal_transformers(arch, n_kv_heads, tie):
+    torch.manual_seed(0)
+    config = tiny(n_kv_heads=n_kv_heads, tie_embeddings=tie, encoding_kwargs={"base": 5000.0})
+    model, hf = Transformer(config).eval(), to_hf(config, arch).eval()
+    copy_to_hf(model, hf)
+    x = torch.randint(0, config.vocab_size, (2, 32))
+    torch.testing.assert_close(model(x).logits, hf(x).logits, atol=2e-5, rtol=1e-4)
+    # the loss agrees with transformers' causal-LM loss, which shifts labels itself
+    theirs = hf(x, labels=x).loss
+    ours = model(x[:, :-1], x[:, 1:]).loss
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+
+
+def test_param_count_matches_transformers():
+    for tie in (True, False):
+        config = tiny(tie_embeddings=tie, n_kv_heads=2)
+        model, hf = Transformer(config), to_hf(config, "llama")
+        assert model.num_params() == sum(p.numel() for p in hf.parameters())
+        emb = config.vocab_size * config.d_model * (1 if tie else 2)
+        assert model.num_params(exclude_embeddings=True) == model.num_params() - emb
+
+
+def test_eager_and_sdpa_agree_and_maps_are_causal():
+    torch.manual_seed(1)
+    sdpa = Transformer(tiny(n_kv_heads=2)).eval()
+    eager = Transformer(tiny(n_kv_heads=2, attn_impl="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 97, (3, 20))
+    torch.testing.assert_close(sdpa(x).logits, eager(x).logits, atol=1e-5, rtol=1e-5)
+    maps = sdpa.attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (3, 4, 20, 20)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(3, 4, 20))
+    assert maps[1].triu(1).abs().max() == 0  # no attention to the future
+
+
+@pytest.mark.parametrize("seq_len", [16, 64])
+def test_exact_flops_match_torch_flop_counter(seq_len):
+    # FlopCounterMode counts every matmul of forward + backward; eager attention exposes the
+    # QK^T and AV matmuls to it. Norm gains are the only parameters that do no matmul.
+    config = tiny(max_seq_len=seq_len, attn_impl="eager", tie_embeddings=False)
+    model = Transformer(config)
+    x = torch.randint(0, 97, (2, seq_len))
+    with FlopCounterMode(display=False) as counter:
+        model(x, x).loss.backward()
+    measured = counter.get_total_flops() / x.numel()
+    assert model.flops_per_token(seq_len, exact=True) == pytest.approx(measured, rel=5e-3)
+    assert model.flops_per_token() == 6 * model.num_params()
+
+
+def test_causality():
+    model = Transformer(tiny()).eval()
+    x = torch.randint(0, 97, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 97
+    torch.testing.assert_close(model(x).logits[:, :10], model(y).logits[:, :10])
+
+
+def test_nope_and_rope_differ_and_residual_init_is_scaled():
+    torch.manual_seed(0)
+    rope = Transformer(tiny())
+    torch.manual_seed(0)
+    nope = Transformer(tiny(encoding="none"))
+    x = torch.randint(0, 97, (1, 16))
+    assert not torch.allclose(rope(x).logits, nope(x).logits)
+    out_std = rope.blocks[0].attn.out.weight.std().item()
+    qkv_std = rope.blocks[0].attn.qkv.weight.std().item()
+    assert out_std == pytest.approx(qkv_std / 2, rel=0.15)  # 1/sqrt(2 * n_layers) = 1/2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d_model=65), "n_heads"),
+    (dict(n_layers=0), "n_layers"),
+    (dict(n_kv_heads=3), "n_kv_heads"),
+    (dict(attn_impl="magic"), "attn_impl"),
+    (dict(mlp="kan"), "mlp"),
+    (dict(encoding="nonexistent"), "encoding"),
+    (dict(dropout=1.5), "dropout"),
+])
+def test_bad_config_is_a_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Transformer(tiny(**kwargs))
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match="idx"):
+        Transformer(tiny())(torch.zeros(5, dtype=torch.long))
