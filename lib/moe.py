@@ -1,0 +1,319 @@
+"""Mixture-of-Experts feed-forward layer (token-choice top-k routing, SwiGLU experts).
+
+One module, one concern: ``MoEFeedForward`` replaces a transformer block's SwiGLU MLP.
+
+Routing (per token ``x``, ``E`` experts, ``k`` active):
+
+- logits ``r = W_router x`` computed in fp32 (autocast off), optional Gaussian noise of std
+  ``router_noise`` on the logits while training (noisy top-k gating, Shazeer et al. 2017);
+- ``p = softmax(r)`` in fp32; the ``k`` experts with the largest ``p`` (plus a selection-only
+  bias when ``aux_free_bias``) are chosen and their ``p`` renormalised to sum to 1 (Mixtral);
+- output ``y = sum_j w_j SwiGLU_j(x)`` (+ a dense shared expert when ``shared_expert``).
+
+Auxiliary losses, stored ALREADY WEIGHTED in ``self.aux_loss`` after every forward:
+
+- load balancing (Switch Transformer eq. 4-6, DeepSeek normalisation):
+  ``aux_loss_coef * E * sum_i f_i P_i`` with ``f_i`` the share of the ``N k`` routed slots sent to
+  expert ``i`` (sums to 1, no gradient) and ``P_i`` the mean router probability of expert ``i``.
+  It equals 1 at perfect balance and ``E`` at collapse. transformers'
+  ``load_balancing_loss_func`` counts ``f_i`` per token instead of per slot, so its value is
+  ``k`` times ours (tested).
+- router z-loss (ST-MoE): ``z_loss_coef * mean_tokens(logsumexp(r)^2)``.
+
+Aux-loss-free balancing (DeepSeek-V3, Wang et al. 2024): a per-expert bias ``b`` is added to
+``p`` for the top-k *selection only* (the mixing weights stay ``p``); after each training
+forward, outside autograd, ``b_i += bias_update_rate * sign(mean_load - load_i)``.
+
+Dispatch is dropless (no capacity factor, no token is ever dropped). Three paths give the same
+numbers up to float summation order (tested, forward and gradients):
+
+- ``"grouped"``: sort the ``N k`` (token, expert) slots by expert and run one
+  ``torch._grouped_mm`` per projection (CPU kernel from torch 2.9; fp32/bf16/fp16; offsets
+  int32). The default ("auto") wherever it exists.
+- ``"sorted"``: the same sorted gather with a Python loop of per-expert matmuls.
+- ``"dense"``: every expert on every token, combined with a dense [N, E] weight matrix.
+  A reference only: E/k times the FLOPs.
+
+Expert weights are 3-D parameters ``w_gate``/``w_up`` [E, d_ff, d_model] and ``w_down``
+[E, d_model, d_ff] (the layout transformers' Mixtral uses, fused there as ``gate_up_proj``),
+so the grouped kernel reads them without a per-step stack. Muon treats each expert slice as
+its own matrix through ``lib.optim.ExpertMuon``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DISPATCH = ("auto", "grouped", "sorted", "dense")
+
+
+def grouped_mm_available(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``torch._grouped_mm`` can run for ``device``/``dtype`` in this torch build."""
+    device = torch.device(device)
+    if not hasattr(torch, "_grouped_mm") or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if device.type == "cpu":
+        return tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 9)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+    return False
+
+
+def _grouped_linear(x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:
+    """Rows of ``x`` [S, in] (sorted by group) times ``weight[g].T`` ([E, out, in]) per group."""
+    # The CPU kernel rejects gradients with zero strides (e.g. from ``.sum()``): make them dense.
+    x = x.to(weight.dtype)
+    return _GroupedMM.apply(x, weight.transpose(-2, -1), offsets)
+
+
+class _GroupedMM(torch.autograd.Function):
+    """``torch._grouped_mm`` with a contiguous incoming gradient (its backward needs one)."""
+
+    @staticmethod
+    def forward(ctx, x, w, offsets):
+        ctx.save_for_backward(x, w, offsets)
+        return torch._grouped_mm(x, w, offs=offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch._grouped_mm(grad, w.transpose(-2, -1), offs=offsets)
+        if ctx.needs_input_grad[1]:
+            # [in, S] x [S, out] grouped along S gives one [in, out] block per group.
+            grad_w = torch._grouped_mm(x.t(), grad, offs=offsets)
+        return grad_x, grad_w, None
+
+
+class MoEFeedForward(nn.Module):
+    """Token-choice top-k Mixture of SwiGLU experts (see module docstring for the maths).
+
+    Args:
+        d_model: residual width. d_ff: hidden width of EACH expert (and of the shared expert).
+        n_experts: number of routed experts E (>= 1). top_k: experts per token (1..E).
+        router_noise: std of Gaussian noise added to the router logits while training (0: off).
+        aux_loss_coef: weight of the load-balancing loss (0: off).
+        z_loss_coef: weight of the router z-loss (0: off).
+        aux_free_bias: DeepSeek-V3 aux-loss-free balancing via a selection-only bias.
+        bias_update_rate: step size of that bias per training forward (probability units).
+        shared_expert: add a dense SwiGLU expert every token goes through.
+        dispatch: "auto" (grouped where available, else sorted), "grouped", "sorted", "dense".
+        init_std: std of the normal init of all matrices (``lib.models`` re-initialises anyway).
+
+    After each forward: ``aux_loss`` (0-d tensor, already weighted) and ``last_stats``:
+    ``load`` [E] share of routed slots per expert (sums to 1), ``max_load_ratio``
+    (max/mean load, 1 = balanced), ``load_cv`` (std/mean of load), ``router_entropy`` (mean
+    per-token entropy of p, nats; log E = uniform), ``dropped_share`` (always 0: dropless),
+    ``overflow_share`` (share of slots a capacity-factor-1 Switch layer would have dropped),
+    ``balance_loss`` and ``z_loss`` (unweighted). All detached tensors (no host sync).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, n_experts: int = 8, top_k: int = 2,
+                 router_noise: float = 0.0, aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0,
+                 aux_free_bias: bool = False, bias_update_rate: float = 1e-3,
+                 shared_expert: bool = False, dispatch: str = "auto", init_std: float = 0.02):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k must be an integer in [1, n_experts={n_experts}], got {top_k!r}")
+        for name, value in (("router_noise", router_noise), ("aux_loss_coef", aux_loss_coef),
+                            ("z_loss_coef", z_loss_coef), ("bias_update_rate", bias_update_rate)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if dispatch not in DISPATCH:
+            raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
+        self.router_noise, self.aux_loss_coef, self.z_loss_coef = router_noise, aux_loss_coef, z_loss_coef
+        self.aux_free_bias, self.bias_update_rate = aux_free_bias, bias_update_rate
+        self.dispatch = dispatch
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.w_gate = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
+        self.w_up = nn.Parameter(torch.empty(n_experts, d_ff, d_model))
+        self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_ff))
+        if shared_expert:
+            self.shared_w_gate = nn.Parameter(torch.empty(d_ff, d_model))
+            self.shared_w_up = nn.Parameter(torch.empty(d_ff, d_model))
+            self.shared_w_down = nn.Parameter(torch.empty(d_model, d_ff))
+        self.shared_expert = shared_expert
+        # Selection-only bias of aux-loss-free balancing: a buffer, never a parameter.
+        self.register_buffer("expert_bias", torch.zeros(n_experts), persistent=True)
+        self.aux_loss: Tensor = torch.zeros(())
+        self.last_stats: dict[str, Tensor] = {}
+        self.reset_parameters(init_std)
+
+    def reset_parameters(self, init_std: float = 0.02) -> None:
+        for p in self.parameters():
+            nn.init.normal_(p, mean=0.0, std=init_std)
+        self.expert_bias.zero_()
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_ff={self.d_ff}, n_experts={self.n_experts}, "
+                f"top_k={self.top_k}, shared_expert={self.shared_expert}, dispatch={self.dispatch!r}")
+
+    def inactive_params_per_token(self) -> int:
+        """Expert parameters a token does NOT use (for active-parameter FLOP counts)."""
+        return (self.n_experts - self.top_k) * 3 * self.d_model * self.d_ff
+
+    def active_params_per_token(self) -> int:
+        """Parameters one token uses: router + k experts (+ shared expert)."""
+        per_expert = 3 * self.d_model * self.d_ff
+        return (self.n_experts * self.d_model + self.top_k * per_expert
+                + (per_expert if self.shared_expert else 0))
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Router for tokens ``h`` [N, d]: returns fp32 logits [N, E], fp32 probabilities
+        [N, E], chosen experts [N, k] (long) and renormalised mixing weights [N, k] (fp32)."""
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            logits = F.linear(h.float(), self.router.weight.float())
+        if self.training and self.router_noise > 0:
+            logits = logits + torch.randn_like(logits) * self.router_noise
+        probs = torch.softmax(logits, dim=-1)
+        scores = probs + self.expert_bias if self.aux_free_bias else probs
+        _, experts = torch.topk(scores.detach(), self.top_k, dim=-1)
+        weights = probs.gather(-1, experts)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, probs, experts, weights
+
+    # ------------------------------------------------------------------ experts
+
+    def _experts_sorted(self, xs: Tensor, counts: Tensor, grouped: bool) -> Tensor:
+        """SwiGLU of each expert on its contiguous block of sorted rows ``xs`` [S, d]."""
+        if grouped:
+            offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+            act = F.silu(_grouped_linear(xs, self.w_gate, offsets)) * _grouped_linear(xs, self.w_up, offsets)
+            return _grouped_linear(act, self.w_down, offsets)
+        outs = []
+        for e, rows in enumerate(torch.split(xs, counts.tolist())):
+            if rows.shape[0]:
+                act = F.silu(rows @ self.w_gate[e].t()) * (rows @ self.w_up[e].t())
+                outs.append(act @ self.w_down[e].t())
+        return torch.cat(outs) if outs else xs.new_zeros(0, self.d_model)
+
+    def _experts_dense(self, h: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
+        """Reference: all experts on all tokens, mixed by a dense [N, E] weight matrix."""
+        mix = torch.zeros(h.shape[0], self.n_experts, dtype=weights.dtype, device=h.device)
+        mix = mix.scatter(1, experts, weights)
+        act = F.silu(torch.einsum("nd,efd->enf", h, self.w_gate)) * torch.einsum("nd,efd->enf", h, self.w_up)
+        out = torch.einsum("enf,edf->end", act, self.w_down)
+        return torch.einsum("end,ne->nd", out, mix.to(out.dtype))
+
+    def _resolve_dispatch(self, h: Tensor) -> str:
+        if self.dispatch == "auto":
+            return "grouped" if grouped_mm_available(h.device, self.w_gate.dtype) else "sorted"
+        if self.dispatch == "grouped" and not grouped_mm_available(h.device, self.w_gate.dtype):
+            raise ValueError(f"dispatch='grouped' needs torch._grouped_mm for {h.device.type}/"
+                             f"{self.w_gate.dtype}; use 'auto' or 'sorted'")
+        return self.dispatch
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
+        shape = x.shape
+        h = x.reshape(-1, self.d_model)
+        n, k = h.shape[0], self.top_k
+        logits, probs, experts, weights = self.route(h)
+        flat = experts.reshape(-1)                                        # [N k] slot -> expert
+        counts = torch.bincount(flat, minlength=self.n_experts)
+        mode = self._resolve_dispatch(h)
+        if mode == "dense":
+            out = self._experts_dense(h, experts, weights)
+        else:
+            order = torch.argsort(flat, stable=True)                      # slots sorted by expert
+            ys = self._experts_sorted(h[order // k], counts, grouped=mode == "grouped")
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+            ys = ys[inverse].view(n, k, self.d_model)                     # back to slot order
+            out = (ys * weights.unsqueeze(-1).to(ys.dtype)).sum(dim=1)
+        if self.shared_expert:
+            act = F.silu(h @ self.shared_w_gate.t()) * (h @ self.shared_w_up.t())
+            out = out + act @ self.shared_w_down.t()
+        self._losses_and_stats(logits, probs, counts)
+        return out.to(x.dtype).reshape(shape)
+
+    def _losses_and_stats(self, logits: Tensor, probs: Tensor, counts: Tensor) -> None:
+        e = self.n_experts
+        load = counts.float() / counts.sum().clamp(min=1)                 # f_i, sums to 1
+        balance = e * torch.sum(load * probs.mean(dim=0))
+        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        aux = self.aux_loss_coef * balance if self.aux_loss_coef else balance.new_zeros(())
+        if self.z_loss_coef:
+            aux = aux + self.z_loss_coef * z_loss
+        self.aux_loss = aux
+        with torch.no_grad():
+            capacity = counts.sum() / e                                   # capacity factor 1
+            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean()
+            self.last_stats = {
+                "load": load, "max_load_ratio": load.max() * e,
+                "load_cv": load.std(unbiased=False) * e,
+                "router_entropy": entropy, "dropped_share": torch.zeros((), device=load.device),
+                "overflow_share": (counts - capacity).clamp(min=0).sum() / counts.sum().clamp(min=1),
+                "balance_loss": balance.detach(), "z_loss": z_loss.detach(),
+            }
+            if self.aux_free_bias and self.training:
+                # DeepSeek-V3: raise the bias of under-loaded experts, lower over-loaded ones.
+                self.expert_bias += self.bias_update_rate * torch.sign(1.0 / e - load)
+
+
+def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
+    """Every ``MoEFeedForward`` inside ``model`` (in module order)."""
+    return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+
+
+def routing_summary(model: nn.Module) -> dict[str, float]:
+    """Routing statistics of the last forward, averaged over the model's MoE layers, as floats.
+
+    Keys: ``max_load_ratio``, ``load_cv``, ``router_entropy``, ``overflow_share``,
+    ``dropped_share``, ``balance_loss``, ``z_loss``. Empty dict for a model without MoE layers
+    or before the first forward.
+    """
+    layers = [m for m in moe_layers(model) if m.last_stats]
+    if not layers:
+        return {}
+    keys = [k for k in layers[0].last_stats if k != "load"]
+    return {k: float(torch.stack([m.last_stats[k].float() for m in layers]).mean()) for k in keys}
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def to_hf_mixtral_block(moe: MoEFeedForward, experts_implementation: str = "eager"):
+    """transformers' ``MixtralSparseMoeBlock`` of the same shape holding ``moe``'s weights.
+
+    ``experts_implementation``: "eager" (a loop over hit experts), "grouped_mm" or
+    "batched_mm". Mixtral has no shared expert, z-loss or aux-free bias: ``moe`` must not use
+    them (router noise is ignored: compare in eval mode). No downloads.
+    """
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    if not isinstance(moe, MoEFeedForward):
+        raise ValueError(f"moe must be a MoEFeedForward, got {type(moe).__name__}")
+    if moe.shared_expert or moe.aux_free_bias:
+        raise ValueError("moe must have shared_expert=False and aux_free_bias=False (Mixtral has neither)")
+    if experts_implementation not in ("eager", "grouped_mm", "batched_mm"):
+        raise ValueError("experts_implementation must be 'eager', 'grouped_mm' or 'batched_mm', "
+                         f"got {experts_implementation!r}")
+    config = MixtralConfig(hidden_size=moe.d_model, intermediate_size=moe.d_ff,
+                           num_local_experts=moe.n_experts, num_experts_per_tok=moe.top_k,
+                           router_jitter_noise=0.0, hidden_act="silu",
+                           experts_implementation=experts_implementation)
+    block = MixtralSparseMoeBlock(config).to(device=moe.w_gate.device, dtype=moe.w_gate.dtype)
+    with torch.no_grad():
+        block.gate.weight.copy_(moe.router.weight)
+        block.experts.gate_up_proj.copy_(torch.cat([moe.w_gate, moe.w_up], dim=1))
+        block.experts.down_proj.copy_(moe.w_down)
+    return block
