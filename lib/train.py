@@ -293,7 +293,7 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
             sched.step()
         state.step, state.loss = step + 1, loss_sum
         state.tokens += tokens_per_step
-        if not math.isfinite(loss_sum) or (step >= 10 and loss_sum > config.divergence_factor * best):
+        if not math.isfinite(loss_sum) or (step >= 1 and loss_sum > config.divergence_factor * best):
             diverged = (f"training diverged at step {step}: loss {loss_sum:.4g} "
                         f"(best so far {best:.4g}, lr {lr:.3g}); lower the LR, lengthen warm-up "
                         f"or tighten grad_clip")
