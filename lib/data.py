@@ -1,0 +1,594 @@
+"""Token corpora and deterministic batching.
+
+Two kinds of corpus, one container (``TokenData``):
+
+- ``synthetic_corpus``: the embedded default. A synthetic language drawn from a fixed seed
+  with NumPy's PCG64, so it is identical on every machine and needs no network. Its entropy
+  rate (the best loss any model can reach, in nats/token) is known in closed form, so a
+  notebook can say how far a model is from the floor. See ``SyntheticSource`` for the exact
+  process and what is computed.
+- ``text_corpus``: local text files or a Hugging Face ``datasets`` dataset, tokenized with
+  bytes (vocab 256) or a ByteLevel BPE trained locally with ``tokenizers``
+  (``lib.tokenize``), split into train/validation by document, cached as ``.npy`` token
+  streams that are memory-mapped on load.
+
+Batching is a pure function of ``(split, step, seed)``: resuming from a checkpoint replays
+exactly the same batches, and ``rank``/``world_size`` slice one global batch so a 2-process
+DDP run sees the same data as a 1-process run with twice the per-rank batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLITS = {"train": 1, "val": 2}
+
+
+def _rng(*words: int) -> np.random.Generator:
+    """A PCG64 generator keyed by integers (bit-stable across platforms)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats along ``axis`` (0 log 0 = 0)."""
+    p = np.asarray(p, dtype=np.float64)
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return -(p * logp).sum(axis=axis)
+
+
+@dataclass
+class TokenData:
+    """A tokenized corpus: ``train`` and ``val`` token streams plus batching.
+
+    ``train``/``val`` are 1-D integer arrays (often ``np.memmap``) of token ids in
+    ``[0, vocab_size)``; documents are concatenated with a separator token. ``entropy_rate``
+    is the source's entropy rate in nats/token (``None`` for real text).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    entropy_rate: float | None = None
+    name: str = "corpus"
+    meta: dict = field(default_factory=dict)
+    tokenizer: Any = None
+    source: Any = None
+
+    def __post_init__(self):
+        self.vocab_size = _check_int("vocab_size", self.vocab_size, 2)
+        for split in SPLITS:
+            arr = getattr(self, split)
+            if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind not in "iu":
+                raise ValueError(f"{split} must be a 1-D integer numpy array, got {type(arr).__name__}"
+                                 f" {getattr(arr, 'dtype', '')} {getattr(arr, 'shape', '')}")
+            if len(arr) < 2:
+                raise ValueError(f"{split} needs at least 2 tokens, got {len(arr)}")
+            # Range check on in-memory arrays only: a memmap may be far larger than RAM.
+            if not isinstance(arr, np.memmap) and (int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size):
+                raise ValueError(f"{split} holds ids outside [0, vocab_size={self.vocab_size})")
+
+    def __repr__(self) -> str:
+        h = "" if self.entropy_rate is None else f", entropy_rate={self.entropy_rate:.4f} nats/token"
+        return (f"TokenData({self.name!r}, train={len(self.train):,} tokens, val={len(self.val):,} "
+                f"tokens, vocab_size={self.vocab_size}{h})")
+
+    def split(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        return getattr(self, split)
+
+    def _windows_fit(self, split: str, seq_len: int) -> np.ndarray:
+        tokens = self.split(split)
+        if len(tokens) < seq_len + 1:
+            raise ValueError(f"the {split} split has {len(tokens)} tokens, too few for seq_len={seq_len} "
+                             f"(a window needs seq_len + 1 = {seq_len + 1}); use a shorter seq_len or "
+                             "a larger corpus")
+        return tokens
+
+    def batch(self, split: str, step: int, batch_size: int, seq_len: int, seed: int = 0,
+              rank: int = 0, world_size: int = 1):
+        """Random windows ``(x, y)``, LongTensors ``[batch_size, seq_len]`` with ``y`` = ``x`` shifted by one.
+
+        A pure function of its arguments: window starts come from a PCG64 generator keyed by
+        ``(seed, step, split)``. ``batch_size`` is the PER-RANK batch: the generator draws a
+        global batch of ``batch_size * world_size`` windows and rank ``r`` takes rows
+        ``[r * batch_size, (r + 1) * batch_size)``, so ``world_size`` ranks together see exactly
+        the batch a single process with ``batch_size * world_size`` rows sees.
+        """
+        import torch
+
+        step = _check_int("step", step, 0)
+        batch_size = _check_int("batch_size", batch_size)
+        seq_len = _check_int("seq_len", seq_len)
+        seed = _check_int("seed", seed, 0)
+        world_size = _check_int("world_size", world_size)
+        rank = _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        tokens = self._windows_fit(split, seq_len)
+        rng = _rng(seed, step, SPLITS[split])
+        starts = rng.integers(0, len(tokens) - seq_len, size=batch_size * world_size)
+        starts = starts[rank * batch_size:(rank + 1) * batch_size]
+        rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def n_eval_windows(self, seq_len: int, split: str = "val") -> int:
+        """How many non-overlapping windows of ``seq_len`` (+1 target) ``split`` holds."""
+        seq_len = _check_int("seq_len", seq_len)
+        return (len(self._windows_fit(split, seq_len)) - 1) // seq_len
+
+    def eval_batches(self, seq_len: int, batch_size: int, max_batches: int | None = None,
+                     split: str = "val") -> Iterator:
+        """Deterministic non-overlapping windows of ``split`` (default the validation split).
+
+        Window ``i`` covers tokens ``[i * seq_len, (i + 1) * seq_len]`` (inputs and shifted
+        targets). Yields ``(x, y)`` LongTensors ``[b, seq_len]`` with ``b = batch_size`` except
+        possibly a smaller last batch; stops after ``max_batches`` batches if given.
+        """
+        import torch
+
+        seq_len = _check_int("seq_len", seq_len)
+        batch_size = _check_int("batch_size", batch_size)
+        if max_batches is not None:
+            max_batches = _check_int("max_batches", max_batches)
+        tokens = self._windows_fit(split, seq_len)
+        n_windows = (len(tokens) - 1) // seq_len
+        n_batches = -(-n_windows // batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        offsets = np.arange(seq_len + 1)
+        for b in range(n_batches):
+            starts = np.arange(b * batch_size, min((b + 1) * batch_size, n_windows)) * seq_len
+            rows = torch.from_numpy(np.asarray(tokens[starts[:, None] + offsets], dtype=np.int64))
+            yield rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def decode(self, ids) -> str:
+        """Text of token ids (needs a tokenizer; synthetic corpora have none)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name!r} has no tokenizer to decode with")
+        return self.tokenizer.decode(np.asarray(ids).tolist())
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``train.npy``, ``val.npy`` and ``meta.json`` under ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint16 if self.vocab_size <= 2**16 else np.uint32
+        for split in SPLITS:
+            np.save(directory / f"{split}.npy", np.asarray(self.split(split), dtype=dtype))
+        meta = {"name": self.name, "vocab_size": self.vocab_size, "entropy_rate": self.entropy_rate,
+                "meta": self.meta}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, tokenizer: Any = None) -> TokenData:
+        """Load what ``save`` wrote; the token streams are memory-mapped (read-only)."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            arrays = {s: np.load(directory / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{directory} does not hold a saved TokenData ({err})") from None
+        return cls(arrays["train"], arrays["val"], meta["vocab_size"], meta["entropy_rate"],
+                   meta["name"], meta.get("meta", {}), tokenizer)
+
+
+# --------------------------------------------------------------------------- synthetic language
+@dataclass
+class SyntheticSource:
+    """A topic-switching sparse Markov language with a closed-form entropy rate.
+
+    Token ids: ``0`` = BOS (document separator), ``1..n_topics`` = topic markers, the rest
+    (``n_words = vocab_size - 1 - n_topics``) are words; word ``w`` is token ``1 + n_topics + w``
+    and low ids are frequent (a Zipf popularity order shared by all topics).
+
+    A document is ``BOS, TOPIC_z, w_1, ..., w_L``:
+
+    - the topic ``z`` is uniform over ``n_topics``;
+    - ``w_1`` is drawn from ``pi_z``, the stationary distribution of topic ``z``'s chain;
+    - ``w_{i+1} ~ P_z(. | w_i)``: each word has ``branching`` successors (one on a random
+      Hamiltonian cycle, which makes the chain irreducible; the others drawn by Zipf
+      popularity without replacement) with weights ``r ** -branch_exponent`` for rank ``r``;
+    - the length ``L >= 1`` is geometric with mean ``mean_doc_len``: after each word the
+      document ends with probability ``q = 1 / mean_doc_len``.
+
+    Documents are i.i.d. and concatenated. Because BOS and the topic marker are visible, the
+    full past determines the current topic, and the entropy rate (nats per stream token,
+    the limit of ``H(X_1..X_n) / n``) is, by the renewal-reward theorem,
+
+        E[H(doc)] / E[tokens per doc]
+        = [log K + mean_z H(pi_z) + (1/q) H_b(q) + ((1-q)/q) mean_z h_z] / (1/q + 2)
+
+    with ``h_z = sum_w pi_z(w) H(P_z(.|w))`` (``word_entropy_rate``) and ``H_b`` the binary
+    entropy. It is the floor of the mean next-token loss of a model that sees the whole
+    document; a model with a window of ``T`` tokens that starts mid-document must first
+    infer the topic, so its floor is slightly higher at the window's first positions.
+    Two exact reference levels below which context matters: ``unigram_entropy`` (no
+    context) and ``bigram_entropy`` = ``H(X_t | X_{t-1})`` of the stationary stream (the best a
+    model that sees only the previous token can do); they come from the exact stationary
+    pair distribution of the stream.
+    """
+
+    vocab_size: int = 256
+    n_topics: int = 4
+    branching: int = 8
+    mean_doc_len: float = 128.0
+    zipf_exponent: float = 1.0
+    branch_exponent: float = 1.0
+    seed: int = 0
+    successors: np.ndarray = field(init=False, repr=False)   # [K, W, branching] word index
+    probs: np.ndarray = field(init=False, repr=False)        # [K, W, branching]
+    stationary: np.ndarray = field(init=False, repr=False)   # [K, W]
+
+    def __post_init__(self):
+        self.vocab_size = _check_int("vocab_size", self.vocab_size, 8)
+        if self.vocab_size > 2**16:
+            raise ValueError(f"vocab_size must be <= 65536 (ids fit uint16), got {self.vocab_size}")
+        self.n_topics = _check_int("n_topics", self.n_topics)
+        self.seed = _check_int("seed", self.seed, 0)
+        n_words = self.vocab_size - 1 - self.n_topics
+        if n_words < 2:
+            raise ValueError(f"n_topics={self.n_topics} leaves {n_words} words in vocab_size="
+                             f"{self.vocab_size}; need at least 2")
+        self.branching = _check_int("branching", self.branching, 2)
+        if self.branching > n_words:
+            raise ValueError(f"branching must be in [2, n_words={n_words}], got {self.branching}")
+        if not (isinstance(self.mean_doc_len, (int, float)) and self.mean_doc_len >= 1):
+            raise ValueError(f"mean_doc_len must be a number >= 1 (words), got {self.mean_doc_len!r}")
+        for name in ("zipf_exponent", "branch_exponent"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        self._build()
+
+    @property
+    def n_words(self) -> int:
+        return self.vocab_size - 1 - self.n_topics
+
+    def _build(self):
+        K, W, m = self.n_topics, self.n_words, self.branching
+        rng = _rng(self.seed, 0)
+        log_pop = -self.zipf_exponent * np.log(np.arange(1, W + 1))
+        succ = np.empty((K, W, m), dtype=np.int64)
+        chunk = max(1, 2**22 // W)   # Gumbel keys are [chunk, W]: bounded memory at any vocab
+        for z in range(K):
+            order = np.argsort(rng.random(W), kind="stable")
+            cycle = np.empty(W, dtype=np.int64)
+            cycle[order] = np.roll(order, -1)
+            succ[z, :, m - 1] = cycle
+            for lo in range(0, W, chunk):
+                rows = np.arange(lo, min(W, lo + chunk))
+                keys = log_pop - np.log(-np.log(1.0 - rng.random((len(rows), W))))
+                keys[np.arange(len(rows)), cycle[rows]] = -np.inf
+                top = np.argpartition(-keys, m - 2, axis=1)[:, :m - 1]
+                top_keys = np.take_along_axis(keys, top, axis=1)
+                succ[z, rows, :m - 1] = np.take_along_axis(top, np.argsort(-top_keys, axis=1), axis=1)
+        weights = np.arange(1, m + 1, dtype=np.float64) ** -self.branch_exponent
+        self.successors = succ
+        self.probs = np.broadcast_to(weights / weights.sum(), (K, W, m)).copy()
+        self.stationary = np.stack([self._stationary(z) for z in range(K)])
+
+    def _stationary(self, z: int) -> np.ndarray:
+        """Stationary distribution of topic z's chain by power iteration on the lazy chain."""
+        succ, probs = self.successors[z].ravel(), self.probs[z]
+        pi = np.full(self.n_words, 1.0 / self.n_words)
+        for _ in range(100_000):
+            moved = np.bincount(succ, weights=(pi[:, None] * probs).ravel(), minlength=self.n_words)
+            new = 0.5 * pi + 0.5 * moved
+            new /= new.sum()
+            if np.abs(new - pi).sum() < 1e-14:
+                return new
+            pi = new
+        raise RuntimeError("stationary distribution did not converge")  # pragma: no cover
+
+    # ---- exact information quantities (nats) ----
+    @property
+    def stop_probability(self) -> float:
+        return 1.0 / float(self.mean_doc_len)
+
+    @property
+    def word_entropy_rate(self) -> float:
+        """``mean_z sum_w pi_z(w) H(P_z(.|w))``: next-word entropy given word and topic."""
+        return float((self.stationary * _entropy(self.probs)).sum(axis=1).mean())
+
+    @property
+    def entropy_rate(self) -> float:
+        """Entropy rate of the token stream, nats/token (see the class docstring)."""
+        q = self.stop_probability
+        h_stop = float(_entropy(np.array([q, 1 - q])))
+        h_doc = (np.log(self.n_topics) + _entropy(self.stationary).mean()
+                 + h_stop / q + (1 - q) / q * self.word_entropy_rate)
+        return float(h_doc / (1 / q + 2))
+
+    def pair_distribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact stationary distribution of adjacent token pairs: ``(keys, p)`` with
+        ``key = a * vocab_size + b`` for the pair ``(a, b)``."""
+        K, W, V, q = self.n_topics, self.n_words, self.vocab_size, self.stop_probability
+        topic_tok, word_tok = 1 + np.arange(K), 1 + K + np.arange(W)
+        t = np.full(K, 1.0 / K)
+        keys = [topic_tok,                                               # BOS -> topic
+                (topic_tok[:, None] * V + word_tok[None, :]).ravel(),   # topic -> first word
+                word_tok * V,                                            # word -> BOS
+                (word_tok[None, :, None] * V + word_tok[self.successors]).ravel()]
+        mass = [t, (t[:, None] * self.stationary).ravel(), t @ self.stationary,
+                (t[:, None, None] * self.stationary[:, :, None] / q * (1 - q) * self.probs).ravel()]
+        keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        p = np.bincount(inverse, weights=np.concatenate(mass)) / (1 / q + 2)
+        return keys, p
+
+    @property
+    def unigram_entropy(self) -> float:
+        """``H(X_t)`` of the stationary stream (nats): the loss of a context-free model."""
+        keys, p = self.pair_distribution()
+        return float(_entropy(np.bincount(keys // self.vocab_size, weights=p)))
+
+    @property
+    def bigram_entropy(self) -> float:
+        """``H(X_t | X_{t-1})`` of the stationary stream (nats): the previous-token-only floor."""
+        keys, p = self.pair_distribution()
+        return float(_entropy(p) - _entropy(np.bincount(keys // self.vocab_size, weights=p)))
+
+    # ---- sampling ----
+    def sample(self, n_tokens: int, stream: int = 1) -> np.ndarray:
+        """``n_tokens`` tokens (uint16) of i.i.d. documents drawn from generator ``(seed, stream)``.
+
+        The stream starts at a BOS; only its last document may be cut short.
+        """
+        n_tokens = _check_int("n_tokens", n_tokens)
+        K, W, m, q = self.n_topics, self.n_words, self.branching, self.stop_probability
+        rng = _rng(self.seed, 1000 + _check_int("stream", stream, 0))
+        lengths = np.empty(0, dtype=np.int64)
+        while (lengths + 2).sum() < n_tokens:   # doc lengths by inverse CDF of the geometric law
+            u = 1.0 - rng.random(max(16, int(n_tokens * q)))
+            more = np.ones_like(u, dtype=np.int64) if q >= 1 else 1 + np.floor(np.log(u) / np.log1p(-q))
+            lengths = np.concatenate([lengths, more.astype(np.int64)])
+        n_docs = int(np.searchsorted(np.cumsum(lengths + 2), n_tokens) + 1)
+        lengths = lengths[:n_docs]
+        topics = np.minimum((rng.random(n_docs) * K).astype(np.int64), K - 1)
+        starts = np.concatenate([[0], np.cumsum(lengths + 2)[:-1]])
+        out = np.empty(int((lengths + 2).sum()), dtype=np.uint16)
+        out[starts] = 0
+        out[starts + 1] = 1 + topics
+        # Inverse-CDF sampling of many rows at once: row r's CDF is shifted to [r, r + 1].
+        pi_cdf = np.cumsum(self.stationary, axis=1)
+        pi_cdf[:, -1] = 1.0
+        pi_flat = (pi_cdf + np.arange(K)[:, None]).ravel()
+        tr_cdf = np.cumsum(self.probs, axis=2).reshape(K * W, m)
+        tr_cdf[:, -1] = 1.0
+        tr_flat = (tr_cdf + np.arange(K * W)[:, None]).ravel()
+        succ_flat = self.successors.reshape(-1)
+        word = np.searchsorted(pi_flat, topics + rng.random(n_docs), side="right") - topics * W
+        active = np.arange(n_docs)
+        for j in range(int(lengths.max())):
+            out[starts[active] + 2 + j] = 1 + K + word
+            keep = lengths[active] > j + 1
+            active, word = active[keep], word[keep]
+            if not len(active):
+                break
+            row = topics[active] * W + word
+            word = succ_flat[np.searchsorted(tr_flat, row + rng.random(len(row)), side="right")]
+        return out[:n_tokens]
+
+
+def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_000,
+                     vocab_size: int = 256, seed: int = 0, n_topics: int = 4, branching: int = 8,
+                     mean_doc_len: float = 128.0, zipf_exponent: float = 1.0,
+                     branch_exponent: float = 1.0) -> TokenData:
+    """The embedded default corpus: ``SyntheticSource`` text, no network, same on every machine.
+
+    ``train`` and ``val`` are independent draws of documents (generator streams 1 and 2 of
+    ``seed``), so validation documents are never training documents; both hold exactly the
+    requested number of tokens (their last document may be cut). ``entropy_rate`` is exact
+    (nats/token); ``meta`` also carries ``unigram_entropy``, ``bigram_entropy`` and
+    ``word_entropy_rate`` (nats) and the source's parameters. With the defaults a small
+    transformer learns the bigram statistics within a few hundred steps; getting below
+    ``bigram_entropy`` takes attention to the topic.
+    """
+    n_train_tokens = _check_int("n_train_tokens", n_train_tokens, 2)
+    n_val_tokens = _check_int("n_val_tokens", n_val_tokens, 2)
+    source = SyntheticSource(vocab_size, n_topics, branching, mean_doc_len, zipf_exponent,
+                             branch_exponent, seed)
+    params = {k: getattr(source, k) for k in ("vocab_size", "n_topics", "branching", "mean_doc_len",
+                                              "zipf_exponent", "branch_exponent", "seed")}
+    meta = {"source": "synthetic", **params, "unigram_entropy": source.unigram_entropy,
+            "bigram_entropy": source.bigram_entropy, "word_entropy_rate": source.word_entropy_rate}
+    return TokenData(source.sample(n_train_tokens, stream=1), source.sample(n_val_tokens, stream=2),
+                     vocab_size, source.entropy_rate, f"synthetic-s{seed}", meta, source=source)
+
+
+
+
+# --------------------------------------------------------------------------- real text
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+EOS_TOKEN = "<|endoftext|>"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocab 256). Byte 0 (NUL) doubles as the document separator."""
+
+    name = "byte"
+    vocab_size = 256
+    eos_id = 0
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """A ``tokenizers.Tokenizer`` (ByteLevel BPE) with ``EOS_TOKEN`` as document separator."""
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path))
+        except Exception as err:  # tokenizers raises a bare Exception on bad files
+            raise ValueError(f"tokenizer={str(path)!r} is not a tokenizers JSON file ({err})") from None
+        self.eos_id = self.tokenizer.token_to_id(EOS_TOKEN)
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer={str(path)!r} lacks the separator token {EOS_TOKEN!r}")
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.name = f"bpe-{hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]}"
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(texts)]
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+def train_bpe(documents: list[str], vocab_size: int, path: str | Path) -> BPETokenizer:
+    """Train a ByteLevel BPE tokenizer on ``documents`` and save it as JSON at ``path``.
+
+    ``vocab_size`` counts the 256 byte symbols and the separator, so it must be >= 257.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    vocab_size = _check_int("vocab_size", vocab_size, 257)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(documents, trainer=trainer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return BPETokenizer(path)
+
+
+def read_documents(source, doc_separator: str | None = "\n\n", pattern: str = "*",
+                   text_field: str = "text", split: str = "train", max_documents: int | None = None,
+                   dataset_kwargs: dict | None = None) -> list[str]:
+    """Documents (non-empty strings) from local files or a Hugging Face dataset.
+
+    ``source``: a text file, a folder (files matching ``pattern`` with a suffix in
+    ``TEXT_SUFFIXES``, recursively, sorted), a list of files, a ``datasets`` dataset, or a
+    dataset name for ``datasets.load_dataset(source, split=split, **dataset_kwargs)`` (this
+    may download; only used when asked for). A file splits into documents at
+    ``doc_separator`` (``None``: one document per file); a dataset row's ``text_field`` is a
+    document.
+    """
+    if max_documents is not None:
+        max_documents = _check_int("max_documents", max_documents)
+    if isinstance(source, (str, Path)) and Path(source).exists():
+        root = Path(source)
+        files = ([root] if root.is_file() else
+                 sorted(p for p in root.rglob(pattern) if p.is_file() and p.suffix in TEXT_SUFFIXES))
+        if not files:
+            raise ValueError(f"source={str(source)!r} holds no {TEXT_SUFFIXES} files matching {pattern!r}")
+    elif isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing or not files:
+            raise ValueError(f"source lists files that do not exist: {missing or 'none given'}")
+    elif isinstance(source, (str, Path)) and (Path(source).suffix in TEXT_SUFFIXES or str(source).startswith((".", "/"))):
+        raise ValueError(f"source={str(source)!r}: no such file or folder")
+    else:
+        files = None
+    docs: list[str] = []
+    if files is not None:
+        for path in files:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            parts = [text] if doc_separator is None else text.split(doc_separator)
+            docs += [p.strip() for p in parts if p.strip()]
+    else:
+        dataset = source
+        if isinstance(source, str):
+            import datasets
+
+            dataset = datasets.load_dataset(source, split=split, **(dataset_kwargs or {}))
+        for row in dataset:
+            if text_field not in row:
+                raise ValueError(f"text_field={text_field!r} is not a column; the dataset has {list(row)}")
+            if row[text_field] and row[text_field].strip():
+                docs.append(row[text_field])
+            if max_documents is not None and len(docs) >= max_documents:
+                break
+    return docs[:max_documents] if max_documents is not None else docs
+
+
+def text_corpus(source, tokenizer: str | Path = "byte", vocab_size: int = 4096,
+                val_fraction: float = 0.05, seed: int = 0, data_root: str | Path | None = None,
+                name: str | None = None, **read_kwargs) -> TokenData:
+    """A ``TokenData`` from real text, split into train/validation BY DOCUMENT.
+
+    ``tokenizer``: ``"byte"`` (vocab 256), ``"bpe"`` (ByteLevel BPE of ``vocab_size`` trained on
+    the TRAINING documents only, saved as ``<data_root>/tokenizers/<name>.json``) or the path of
+    a tokenizers JSON file. ``val_fraction`` of the documents (at least one), chosen by a
+    permutation seeded with ``seed``, form the validation split. Each document is followed
+    by the tokenizer's separator id. Token streams are cached under
+    ``<data_root>/cache/text/<key>/`` (key: content, tokenizer, split) and memory-mapped.
+    ``data_root`` defaults to ``lib.runtime.data_dir()``. ``read_kwargs`` go to ``read_documents``.
+    """
+    from lib.runtime import data_dir
+
+    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    seed = _check_int("seed", seed, 0)
+    root = Path(data_root) if data_root is not None else data_dir()
+    docs = read_documents(source, **read_kwargs)
+    if len(docs) < 2:
+        raise ValueError(f"source yields {len(docs)} document(s); a train/validation split needs >= 2 "
+                         "(set doc_separator to split a file into documents)")
+    order = np.argsort(_rng(seed, 3).random(len(docs)), kind="stable")
+    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
+    split_docs = {"val": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(doc.encode("utf-8", errors="replace") + b"\0")
+    corpus_key = digest.hexdigest()[:16]
+    if tokenizer == "byte":
+        tok = ByteTokenizer()
+    elif tokenizer == "bpe":
+        vocab_size = _check_int("vocab_size", vocab_size, 257)
+        train_key = content_hash(corpus_key, seed, val_fraction)
+        path = root / "tokenizers" / f"{name or 'bpe'}-{vocab_size}-{train_key}.json"
+        tok = BPETokenizer(path) if path.exists() else train_bpe(split_docs["train"], vocab_size, path)
+    elif isinstance(tokenizer, (str, Path)) and Path(tokenizer).is_file():
+        tok = BPETokenizer(tokenizer)
+    else:
+        raise ValueError(f"tokenizer must be 'byte', 'bpe' or an existing tokenizer JSON path, got {tokenizer!r}")
+    key = content_hash(corpus_key, tok.name, seed, val_fraction)
+    cache = root / "cache" / "text" / f"{name or 'text'}-{key}"
+    if not (cache / "meta.json").exists():
+        streams = {}
+        for split, texts in split_docs.items():
+            encoded = tok.encode_batch(texts)
+            sep = np.array([tok.eos_id])
+            streams[split] = np.concatenate([np.concatenate([ids, sep]) for ids in encoded])
+        meta = {"source": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+                "tokenizer": tok.name, "n_documents": {s: len(t) for s, t in split_docs.items()},
+                "val_fraction": val_fraction, "seed": seed}
+        # Write beside the cache and rename: a crash or a concurrent writer never leaves half a cache.
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        TokenData(streams["train"], streams["val"], tok.vocab_size, None, name or "text", meta).save(tmp)
+        try:
+            tmp.rename(cache)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    return TokenData.load(cache, tokenizer=tok)
+
+
+def content_hash(*parts: Any) -> str:
+    """Short sha256 hex digest of JSON-able parts (cache keys)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
