@@ -160,8 +160,11 @@ class WarmupCosine(Schedule):
 
     def _vector(self, steps: np.ndarray) -> np.ndarray:
         w = self.warmup_steps
-        progress = np.clip((steps - w) / (self.total_steps - w), 0.0, 1.0)
-        out = np.cos(np.pi * progress, out=progress)
+        progress = np.subtract(steps, w)
+        progress /= self.total_steps - w
+        np.clip(progress, 0.0, 1.0, out=progress)
+        progress *= np.pi
+        out = np.cos(progress, out=progress)
         out += 1.0
         out *= 0.5
         out *= 1 - self.min_lr_ratio
@@ -248,19 +251,36 @@ class CosinePlateau(Schedule):
         return b + (a - b) * (0.5 * (1.0 + math.cos(math.pi * min(u - u0, length) / length)))
 
     def _vector(self, steps: np.ndarray) -> np.ndarray:
-        p = np.asarray(self._pieces, dtype=np.float64)
-        u = np.maximum(steps - self.warmup_steps, 0.0)
-        idx = np.searchsorted(p[:, 0], u, side="right") - 1
-        u0, length, a, b = p[idx, 0], p[idx, 1], p[idx, 2], p[idx, 3]
-        x = np.minimum(u - u0, length)
-        x *= np.pi
-        x /= length
-        out = np.cos(x, out=x)
-        out += 1.0
-        out *= 0.5
-        out *= a - b
-        out += b
-        return _warmup_vector(steps, out, self.warmup_steps)
+        u = np.maximum(steps - self.warmup_steps, 0.0).ravel()
+        if u.size > 1 and (u[1:] >= u[:-1]).all():  # sorted (the usual case): slice per piece
+            out = np.empty_like(u)
+            bounds = np.searchsorted(u, self._starts[1:] + (math.inf,), side="left")
+            lo = 0
+            for (u0, length, a, b), hi in zip(self._pieces, bounds):
+                if hi > lo:
+                    x = np.subtract(u[lo:hi], u0, out=out[lo:hi])
+                    np.minimum(x, length, out=x)
+                    x *= np.pi
+                    x /= length
+                    np.cos(x, out=x)
+                    x += 1.0
+                    x *= 0.5
+                    x *= a - b
+                    x += b
+                lo = hi
+        else:  # any order: gather each step's piece
+            p = np.asarray(self._pieces, dtype=np.float64)
+            idx = np.searchsorted(p[:, 0], u, side="right") - 1
+            u0, length, a, b = (np.take(p[:, j], idx) for j in range(4))
+            x = np.minimum(u - u0, length)
+            x *= np.pi
+            x /= length
+            out = np.cos(x, out=x)
+            out += 1.0
+            out *= 0.5
+            out *= a - b
+            out += b
+        return _warmup_vector(steps, out.reshape(steps.shape), self.warmup_steps)
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,8 @@ def test_cosine_plateau_rejects_bad_plateaus(plateaus):
 @pytest.mark.parametrize("sched", ALL, ids=lambda s: type(s).__name__)
 def test_curve_equals_scalar_path_and_pickles(sched):
     steps = np.concatenate([np.arange(0, 1300), np.linspace(0, 1300, 777), [10 ** 7]])
-    np.testing.assert_allclose(sched.curve(steps), [sched(s) for s in steps], rtol=1e-13, atol=1e-15)
+    for order in (steps, np.sort(steps)):  # unsorted (gather) and sorted (sliced) paths
+        np.testing.assert_allclose(sched.curve(order), [sched(s) for s in order], rtol=1e-13, atol=1e-15)
     assert sched(0) == 0.0 or sched.warmup_steps == 0
     clone = pickle.loads(pickle.dumps(sched))
     assert clone == sched and np.array_equal(clone.curve(steps), sched.curve(steps))
