@@ -60,7 +60,7 @@ def _failed_cell(path: Path) -> str:
 
 def _execute(book: Path, output: Path, parameters: dict, timeout: int, progress: bool) -> tuple[str, float, str]:
     cmd = [sys.executable, "-m", "papermill", str(book), str(output), "--cwd", str(NOTEBOOKS),
-           "--kernel", "python3"]
+           "--kernel", "python3", "--language", "python"]
     for key, value in parameters.items():
         cmd += ["-p", key, str(value)]
     cmd += ["--progress-bar" if progress else "--no-progress-bar"]
@@ -69,6 +69,8 @@ def _execute(book: Path, output: Path, parameters: dict, timeout: int, progress:
         proc = subprocess.run(cmd, timeout=timeout, capture_output=not progress, text=True)
         ok = proc.returncode == 0
         detail = "" if ok else _failed_cell(output)
+        if not ok and proc.stderr and "no output notebook" in detail:
+            detail += ": " + proc.stderr.strip().splitlines()[-1][:300]
     except subprocess.TimeoutExpired:
         ok, detail = False, f"stopped by the outer wall-clock limit ({timeout} s)"
     return ("ok" if ok else "FAILED"), time.perf_counter() - start, detail
