@@ -379,3 +379,42 @@ def copy_to_hf(model: Transformer, hf_model) -> None:
         layer.mlp.down_proj.weight.copy_(block.mlp.down.weight)
         layer.input_layernorm.weight.copy_(block.attn_norm.weight)
         layer.post_attention_layernorm.weight.copy_(block.mlp_norm.weight)
+
+
+def best_hf_attention() -> str:
+    """"flash_attention_2" on CUDA with flash-attn installed, else "sdpa" (torch picks its kernel)."""
+    if torch.cuda.is_available() and _flash_attn_func() is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_hf_model(name_or_path: str, device=None, dtype: torch.dtype | None = None,
+                  attn_implementation: str | None = None, local_files_only: bool | None = None):
+    """Load a transformers causal LM from a local folder or a hub name, ready for experiments.
+
+    Defaults: the best device (``lib.runtime.pick_device``), bf16 on CUDA and fp32 elsewhere,
+    flash-attention-2 when installed on CUDA, SDPA otherwise. ``local_files_only`` defaults
+    to True unless ``HF_HUB_OFFLINE=0`` is set explicitly, so nothing is fetched by surprise:
+    pass ``local_files_only=False`` to download from the hub.
+    """
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    from lib.runtime import pick_device
+
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"name_or_path must be a non-empty string, got {name_or_path!r}")
+    device = pick_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation or best_hf_attention(),
+            local_files_only=local_files_only)
+    except OSError as err:
+        hint = "" if not local_files_only else " (only local files were searched: pass local_files_only=False to download)"
+        raise ValueError(f"cannot load a model from {name_or_path!r}{hint}: {err}") from None
+    return model.to(device).eval()

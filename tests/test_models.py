@@ -101,3 +101,19 @@ def test_bad_config_is_a_clear_error(kwargs, match):
 def test_bad_input_shape():
     with pytest.raises(ValueError, match="idx"):
         Transformer(tiny())(torch.zeros(5, dtype=torch.long))
+
+
+def test_load_hf_model_from_a_local_folder(tmp_path):
+    from lib.models import load_hf_model
+
+    config = tiny(n_kv_heads=2)
+    ours = Transformer(config).eval()
+    hf = to_hf(config, "llama")
+    copy_to_hf(ours, hf)
+    hf.save_pretrained(tmp_path / "tiny-llama")
+    loaded = load_hf_model(str(tmp_path / "tiny-llama"), device="cpu")
+    assert loaded.dtype == torch.float32 and loaded.config._attn_implementation == "sdpa"
+    x = torch.randint(0, config.vocab_size, (1, 12))
+    torch.testing.assert_close(loaded(x).logits, ours(x).logits, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="only local files"):
+        load_hf_model(str(tmp_path / "missing"), device="cpu")
