@@ -252,34 +252,27 @@ class CosinePlateau(Schedule):
 
     def _vector(self, steps: np.ndarray) -> np.ndarray:
         u = np.maximum(steps - self.warmup_steps, 0.0).ravel()
-        if u.size > 1 and (u[1:] >= u[:-1]).all():  # sorted (the usual case): slice per piece
-            out = np.empty_like(u)
-            bounds = np.searchsorted(u, self._starts[1:] + (math.inf,), side="left")
-            lo = 0
-            for (u0, length, a, b), hi in zip(self._pieces, bounds):
-                if hi > lo:
-                    x = np.subtract(u[lo:hi], u0, out=out[lo:hi])
-                    np.minimum(x, length, out=x)
-                    x *= np.pi
-                    x /= length
-                    np.cos(x, out=x)
-                    x += 1.0
-                    x *= 0.5
-                    x *= a - b
-                    x += b
-                lo = hi
-        else:  # any order: gather each step's piece
-            p = np.asarray(self._pieces, dtype=np.float64)
-            idx = np.searchsorted(p[:, 0], u, side="right") - 1
-            u0, length, a, b = (np.take(p[:, j], idx) for j in range(4))
-            x = np.minimum(u - u0, length)
-            x *= np.pi
-            x /= length
-            out = np.cos(x, out=x)
-            out += 1.0
-            out *= 0.5
-            out *= a - b
-            out += b
+        order = None
+        if u.size > 1 and not (u[1:] >= u[:-1]).all():  # evaluate sorted, then put back
+            order = np.argsort(u, kind="stable")
+            u = u[order]
+        out = np.empty_like(u)
+        bounds = np.searchsorted(u, self._starts[1:] + (math.inf,), side="left")
+        lo = 0
+        for (u0, length, a, b), hi in zip(self._pieces, bounds):  # one slice per piece
+            if hi > lo:
+                x = np.subtract(u[lo:hi], u0, out=out[lo:hi])
+                np.minimum(x, length, out=x)
+                x *= np.pi
+                x /= length
+                np.cos(x, out=x)
+                x += 1.0
+                x *= 0.5
+                x *= a - b
+                x += b
+            lo = hi
+        if order is not None:
+            out[order] = out.copy()
         return _warmup_vector(steps, out.reshape(steps.shape), self.warmup_steps)
 
 
