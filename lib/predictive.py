@@ -26,6 +26,7 @@ adds on top of plain training.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -61,8 +62,7 @@ class UpdateBasis:
         self.u = torch.zeros(n, device=device, dtype=torch.float32)
         self.m = torch.zeros_like(self.u)
         self.scratch = torch.zeros_like(self.u)
-        self.seg = torch.repeat_interleave(
-            torch.arange(len(self.sizes), device=device), torch.tensor(self.sizes, device=device))
+        self._sizes_t = torch.tensor(self.sizes, device=device)
         self.n_updates = 0  # applied updates folded into m (for bias correction)
 
     @property
@@ -71,16 +71,21 @@ class UpdateBasis:
 
     @property
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in (self.u, self.m, self.scratch)) + \
-            self.seg.numel() * self.seg.element_size()
+        return sum(b.numel() * b.element_size() for b in (self.u, self.m, self.scratch))
 
     def _views(self, flat: Tensor) -> list[Tensor]:
         return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
 
-    def segment_sum(self, x: Tensor) -> Tensor:
-        """Per-tensor sums of a flat vector, shape [n_tensors] (float64 for stable dots)."""
-        out = torch.zeros(self.n_tensors, device=x.device, dtype=torch.float64)
-        return out.index_add_(0, self.seg, x.double())
+    def segment_dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-tensor dot products of two flat vectors, shape [n_tensors] (no temporaries)."""
+        return torch.stack([torch.dot(a, b) for a, b in zip(x.split(self.sizes), y.split(self.sizes))])
+
+    def shadow(self) -> UpdateBasis:
+        """A copy with its own ``u`` and ``m`` (no snapshot buffer) for imagined rollouts that
+        must leave this basis and the weights untouched."""
+        other = copy.copy(self)
+        other.u, other.m, other.scratch = self.u.clone(), self.m.clone(), torch.empty(0)
+        return other
 
     def snapshot(self) -> None:
         """Copy the current parameters into the scratch buffer (before a real step)."""
@@ -93,13 +98,11 @@ class UpdateBasis:
         with torch.no_grad():
             torch._foreach_sub_(self._views(self.scratch), [p.detach() for p in self.params])
             delta = self.scratch.neg_()
-            dots = {
-                "dd": self.segment_sum(delta * delta), "du": self.segment_sum(delta * self.u),
-                "dm": self.segment_sum(delta * self.m), "uu": self.segment_sum(self.u * self.u),
-                "um": self.segment_sum(self.u * self.m), "mm": self.segment_sum(self.m * self.m),
-            }
+            pairs = {"dd": (delta, delta), "du": (delta, self.u), "dm": (delta, self.m),
+                     "uu": (self.u, self.u), "um": (self.u, self.m), "mm": (self.m, self.m)}
+            stacked = torch.stack([self.segment_dot(*p) for p in pairs.values()]).double().cpu().numpy()
             self._absorb(delta)
-        return {k: v.cpu().numpy() for k, v in dots.items()}
+        return dict(zip(pairs, stacked))
 
     def _absorb(self, delta: Tensor) -> None:
         # u <- delta (swap buffers so the old u becomes scratch), m <- beta m + (1-beta) delta
@@ -115,7 +118,10 @@ class UpdateBasis:
         c = torch.as_tensor(np.asarray(coefficients, dtype=np.float32), device=self.u.device)
         if c.shape != (self.n_tensors, 2):
             raise ValueError(f"coefficients must have shape ({self.n_tensors}, 2), got {tuple(c.shape)}")
-        return c[self.seg, 0] * self.u + c[self.seg, 1] * self.m
+        a = torch.repeat_interleave(c[:, 0], self._sizes_t)
+        out = a.mul_(self.u)
+        out.addcmul_(torch.repeat_interleave(c[:, 1], self._sizes_t), self.m)
+        return out
 
     def apply(self, delta: Tensor) -> float:
         """Add a flat update to the parameters in place, fold it into the basis; returns its norm."""
@@ -465,6 +471,9 @@ class HybridTrainer:
             self._diverged = None
             return None
         row["update_norm"] = self.basis.apply(delta)
+        predicted_loss = getattr(self.predictor, "predicted_loss", None)
+        if predicted_loss is not None:
+            row["predicted_loss"] = predicted_loss(k)
         return row
 
     # ---- the loop
@@ -540,7 +549,7 @@ class HybridTrainer:
                 print(f"step {step + 1}/{c.total_steps} phase={phase} loss={row.get('loss', float('nan')):.4f}")
         evaluate(c.total_steps)
         cols = ["step", "phase", "real", "backward", "loss", "lr_mult", "update_norm", "residual",
-                "horizon", "confidence", "fit_s", "step_s", "wall_s"]
+                "horizon", "confidence", "predicted_loss", "fit_s", "step_s", "wall_s"]
         history = pd.DataFrame(rows).reindex(columns=cols)
         history[["real", "backward"]] = history[["real", "backward"]].astype(bool)
         return HybridResult(

@@ -14,6 +14,15 @@ from lib.predictive import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are dominated by thread hand-offs on a busy 2-core box: use one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- tiny stand-in tasks
 def _regression(seed=0, n=256, d=8):
     g = torch.Generator().manual_seed(seed)
@@ -311,3 +320,103 @@ def test_inputs_are_validated():
         build_predictor("oracle")
     with pytest.raises(ValueError, match="beta"):
         UpdateBasis([torch.zeros(2)], beta=1.0)
+
+
+# ---------------------------------------------------------------- the RSSM (lib.dynamics)
+def _oscillator(n_seq, T, rng):
+    """x_t = features of a phase advanced by 0.4 * action; the action is known, x is noisy."""
+    xs, acts = [], []
+    for _ in range(n_seq):
+        phi, x, a = rng.uniform(0, 2 * np.pi), [], []
+        for _ in range(T):
+            act = rng.uniform(0.5, 1.5)
+            phi += 0.4 * act
+            x.append([np.sin(phi), np.cos(phi), 0.5 * np.sin(2 * phi), *(0.05 * rng.normal(size=2))])
+            a.append([act, 0.0])
+        xs.append(x)
+        acts.append(a)
+    return torch.tensor(np.array(xs), dtype=torch.float32), torch.tensor(np.array(acts), dtype=torch.float32)
+
+
+def test_rssm_recon_and_kl_decrease_and_imagination_beats_persistence(one_thread):
+    from lib.dynamics import RSSM, kl_gaussian
+
+    # KL of diagonal Gaussians against torch.distributions
+    mq, sq, mp, sp = torch.randn(4, 3), torch.rand(4, 3) + 0.2, torch.randn(4, 3), torch.rand(4, 3) + 0.2
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mq, sq), torch.distributions.Normal(mp, sp)).sum(-1)
+    torch.testing.assert_close(kl_gaussian(mq, sq, mp, sp), ref)
+
+    rng = np.random.default_rng(0)
+    x, a = _oscillator(48, 10, rng)
+    torch.manual_seed(0)
+    model = RSSM(5, 2, deter=32, stoch=8, hidden=32)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    log = []
+    for _ in range(240):
+        idx = torch.randint(0, len(x), (8,))
+        loss, parts = model.loss(x[idx], a[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        log.append(parts)
+    recon = np.array([p["recon"] for p in log]).reshape(-1, 30).mean(1)
+    kl = np.array([p["kl"] for p in log]).reshape(-1, 30).mean(1)
+    assert recon[-1] < recon[0] - 3.0           # nats per step
+    assert kl[-1] < 0.95 * kl.max()             # the prior catches up with the posterior
+    # imagination: filter 6 steps of fresh sequences, imagine 3 ahead with the known actions
+    xt, at = _oscillator(32, 9, np.random.default_rng(1))
+    s = model.observe(xt[:, :6], at[:, :6], sample=False)
+    mean, std = model.imagine(s["h"][:, -1], s["z"][:, -1], at[:, 6:])
+    err = ((mean - xt[:, 6:]) ** 2)[..., :3].mean()
+    persistence = ((xt[:, 5:6] - xt[:, 6:]) ** 2)[..., :3].mean()
+    assert err < 0.5 * persistence
+    assert std.shape == mean.shape and (std > 0).all()
+
+
+def test_rssm_predictor_drives_the_trainer_and_moves_the_weights(one_thread):
+    from lib.dynamics import RSSMPredictor
+
+    x, y = _regression(2)
+    model = _mlp(2)
+    seen = {}
+    cfg = HybridConfig(total_steps=40, warmup_steps=8, full_steps=10, max_predict_steps=3,
+                       correct_steps=2, confidence_threshold=0.0, predict_length="max",
+                       divergence_tolerance=10.0)
+    pred = RSSMPredictor(window=24, seq_len=6, batch=4, min_fits=5, deter=16, stoch=4, hidden=16)
+    res = HybridTrainer(model, torch.optim.AdamW(model.parameters(), lr=1e-2),
+                        _record_params(_minibatch_loss(x, y), seen), cfg, predictor=pred).run()
+    seen[cfg.total_steps] = _params(model)
+    predicted = res.history[~res.history["backward"]]
+    assert len(predicted) >= 6 and pred.n_fits >= 5
+    for s, norm in zip(predicted["step"], predicted["update_norm"]):  # the weights moved by the applied delta
+        assert float((seen[s + 1] - seen[s]).norm()) == pytest.approx(norm, rel=1e-4)
+    assert predicted["predicted_loss"].notna().all()
+    assert res.history.loc[res.history["real"] & (res.history["step"] > 20), "residual"].notna().all()
+    assert res.memory["predictor_bytes"] > 0 and np.isfinite(res.history["loss"].dropna()).all()
+
+
+# ---------------------------------------------------------------- validation protocol (lib.predictive_eval)
+def test_protocol_helpers_on_a_tiny_language_model(one_thread):
+    from scipy import stats
+
+    from lib.data import synthetic_corpus
+    from lib.models import ModelConfig
+    from lib.predictive_eval import LMTask, forced_real_steps, horizon_study, mean_ci, run_arm
+
+    m, h = mean_ci([1.0, 2.0, 4.0])
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean([1, 2, 4]), scale=stats.sem([1, 2, 4]))
+    assert (m - h, m + h) == pytest.approx((lo, hi))
+    data = synthetic_corpus(n_train_tokens=20_000, n_val_tokens=4_000)
+    task = LMTask(data, ModelConfig(vocab_size=data.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16),
+                  steps=30, batch_size=4, seq_len=16, eval_every=10, eval_batches=1,
+                  hybrid=dict(warmup_steps=6, full_steps=4, max_predict_steps=3, correct_steps=2))
+    # 6+4 real, then (3 predicted + 2 real) x 4 = 20 -> 10 + 8 = 18 real steps
+    assert forced_real_steps(task) == 18
+    res = run_arm(task, "null", seed=0)
+    assert int(res.history["real"].sum()) == 18 and res.evals["step"].tolist() == [0, 10, 20, 30]
+    matched = run_arm(task, "plain_matched", seed=0)
+    assert len(matched.history) == 18 and matched.predicted_share == 0
+    hs = horizon_study(task, predictors=("null", "linear"), horizon=3, anchor_every=5, start=10)
+    null = hs[hs["predictor"] == "null"]
+    assert np.allclose(null["step_error"], 1.0) and np.allclose(null["cum_error"], 1.0)
+    assert sorted(hs["k"].unique()) == [1, 2, 3] and (hs["latency_s"] > 0).all()
