@@ -482,7 +482,8 @@ def read_documents(source, doc_separator: str | None = "\n\n", pattern: str = "*
     """Documents (non-empty strings) from local files or a Hugging Face dataset.
 
     ``source``: a text file, a folder (files matching ``pattern`` with a suffix in
-    ``TEXT_SUFFIXES``, recursively, sorted), a list of files, a ``datasets`` dataset, or a
+    ``TEXT_SUFFIXES``, recursively, sorted), a list of files, a ``datasets`` dataset (or any
+    iterable of dict rows), or a
     dataset name for ``datasets.load_dataset(source, split=split, **dataset_kwargs)`` (this
     may download; only used when asked for). A file splits into documents at
     ``doc_separator`` (``None``: one document per file); a dataset row's ``text_field`` is a
@@ -496,7 +497,7 @@ def read_documents(source, doc_separator: str | None = "\n\n", pattern: str = "*
                  sorted(p for p in root.rglob(pattern) if p.is_file() and p.suffix in TEXT_SUFFIXES))
         if not files:
             raise ValueError(f"source={str(source)!r} holds no {TEXT_SUFFIXES} files matching {pattern!r}")
-    elif isinstance(source, (list, tuple)):
+    elif isinstance(source, (list, tuple)) and all(isinstance(p, (str, Path)) for p in source):
         files = [Path(p) for p in source]
         missing = [str(p) for p in files if not p.is_file()]
         if missing or not files:
@@ -518,6 +519,9 @@ def read_documents(source, doc_separator: str | None = "\n\n", pattern: str = "*
 
             dataset = datasets.load_dataset(source, split=split, **(dataset_kwargs or {}))
         for row in dataset:
+            if not isinstance(row, dict):
+                raise ValueError(f"dataset rows must be dicts, got {type(row).__name__}; pass one split "
+                                 "(e.g. datasets.load_dataset(..., split='train'))")
             if text_field not in row:
                 raise ValueError(f"text_field={text_field!r} is not a column; the dataset has {list(row)}")
             if row[text_field] and row[text_field].strip():

@@ -245,7 +245,8 @@ class RunStore:
         """Runs as a DataFrame: bookkeeping columns, then config keys, then metric keys.
 
         Nested dicts flatten to ``a.b`` columns. A metric named like a config key or a
-        bookkeeping column is renamed ``metrics.<name>``. Rows are in start order.
+        bookkeeping column is renamed ``metrics.<name>``. Rows are in order of first claim
+        (a sweep's config order); a rerun keeps its row's place.
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES} or None, got {status!r}")
@@ -255,7 +256,7 @@ class RunStore:
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
         with self._connect() as con:
-            raw = pd.read_sql_query(query + " ORDER BY started, run_id", con, params=args)
+            raw = pd.read_sql_query(query + " ORDER BY rowid", con, params=args)
         base_cols = ["run_id", "sweep", "status", "seed", "seconds", "started", "finished", "host",
                      "attempts", "error"]
         base = raw[base_cols].reset_index(drop=True)
@@ -277,7 +278,7 @@ class RunStore:
         """All histories of ``sweep`` stacked, with a ``run_id`` column (for curve plots)."""
         with self._connect() as con:
             rows = con.execute("SELECT h.run_id, h.records FROM history h JOIN runs r USING (run_id) "
-                               "WHERE r.sweep = ? ORDER BY r.started", (sweep,)).fetchall()
+                               "WHERE r.sweep = ? ORDER BY r.rowid", (sweep,)).fetchall()
         frames = [pd.DataFrame(json.loads(rec)).assign(run_id=rid) for rid, rec in rows]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
 

@@ -283,6 +283,13 @@ def test_text_corpus_rejects_bad_input(text_file, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer"):
         text_corpus(text_file, tokenizer=bad, data_root=tmp_path)
+    with pytest.raises(ValueError, match="rows must be dicts"):
+        read_documents(iter(["a story", "another"]))
+    with pytest.raises(ValueError, match="not a column"):
+        read_documents([{"body": "a story"}])
+    assert read_documents([{"text": "a"}, {"text": " "}, {"text": "b"}]) == ["a", "b"]
+    with pytest.raises(ValueError, match="do not exist"):
+        text_corpus([text_file, tmp_path / "gone.txt"], data_root=tmp_path)
     small = text_corpus(text_file, data_root=tmp_path)
     with pytest.raises(ValueError, match="too few"):
         small.batch("val", 0, 2, seq_len=len(small.val))
