@@ -1,4 +1,13 @@
-"""The learned dynamics model of the predictive trainer: a small RSSM over training-state features.
+"""How the predictive trainer represents and forecasts weight updates.
+
+``UpdateBasis`` keeps, over a model's trainable parameters, the last applied update ``u`` and
+an EMA ``m`` of applied updates; every predictor forecasts an update per tensor as ``a u + b m``
+(two coefficients per tensor) and is scored from dot products alone (``fit_coefficients``,
+``relative_residual``). ``Predictor`` is the protocol the trainer (``lib.predictive``) calls;
+``NullPredictor``, ``LinearPredictor`` and ``EMAPredictor`` are the controls; ``RSSMPredictor``
+is the learned one.
+
+The learned dynamics model is a small RSSM over training-state features.
 
 An RSSM in the Dreamer sense (Hafner et al. 2019, 2021), scaled down to run on a CPU beside
 the training loop:
@@ -11,7 +20,7 @@ the training loop:
 
 The observation ``x_t`` of a real optimizer step is: the normalised loss, and per parameter
 tensor the two coefficients of the real update on the trainer's basis (``a u + b m``, see
-``lib.predictive.UpdateBasis``), the log update norm and the log gradient norm. The action is
+``UpdateBasis`` above), the log update norm and the log gradient norm. The action is
 ``[LR multiplier of the step, log(steps since the previous real step)]`` (known in advance,
 so imagination can follow the LR schedule). Predicting ``k`` steps ahead = filtering the
 recent real steps with the posterior, then rolling the prior forward; the decoded
@@ -20,19 +29,280 @@ coefficients become the predicted update, the decoded loss the predicted loss tr
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lib.predictive import BasisPredictor, Observation
-
 COEF_CLIP = 3.0
+
+
+# --------------------------------------------------------------------------- update basis
+class UpdateBasis:
+    """Flat buffers over a model's trainable parameters: ``u`` (last applied update), ``m``
+    (EMA of applied updates, decay ``beta``) and a scratch buffer for the pre-step snapshot.
+
+    Memory: three float32 copies of the trainable parameters (``nbytes``).
+    """
+
+    def __init__(self, params: Sequence[Tensor], beta: float = 0.9):
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params must hold at least one tensor")
+        self.beta = float(beta)
+        device = self.params[0].device
+        self.sizes = [p.numel() for p in self.params]
+        n = sum(self.sizes)
+        self.u = torch.zeros(n, device=device, dtype=torch.float32)
+        self.m = torch.zeros_like(self.u)
+        self.scratch = torch.zeros_like(self.u)
+        self._sizes_t = torch.tensor(self.sizes, device=device)
+        self.n_updates = 0  # applied updates folded into m (for bias correction)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in (self.u, self.m, self.scratch))
+
+    def _views(self, flat: Tensor) -> list[Tensor]:
+        return [v.view_as(p) for v, p in zip(flat.split(self.sizes), self.params)]
+
+    def segment_dot(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-tensor dot products of two flat vectors, shape [n_tensors] (no temporaries)."""
+        return torch.stack([torch.dot(a, b) for a, b in zip(x.split(self.sizes), y.split(self.sizes))])
+
+    def shadow(self) -> UpdateBasis:
+        """A copy with its own ``u`` and ``m`` (no snapshot buffer) for imagined rollouts that
+        must leave this basis and the weights untouched."""
+        other = copy.copy(self)
+        other.u, other.m, other.scratch = self.u.clone(), self.m.clone(), torch.empty(0)
+        return other
+
+    def snapshot(self) -> None:
+        """Copy the current parameters into the scratch buffer (before a real step)."""
+        with torch.no_grad():
+            torch._foreach_copy_(self._views(self.scratch), [p.detach() for p in self.params])
+
+    def real_update(self) -> dict[str, np.ndarray]:
+        """After a real step: Δ = params - snapshot. Returns per-tensor dot products of Δ with
+        the basis *before* it absorbs Δ (``dd, du, dm, uu, um, mm``), then folds Δ in."""
+        with torch.no_grad():
+            torch._foreach_sub_(self._views(self.scratch), [p.detach() for p in self.params])
+            delta = self.scratch.neg_()
+            pairs = {"dd": (delta, delta), "du": (delta, self.u), "dm": (delta, self.m),
+                     "uu": (self.u, self.u), "um": (self.u, self.m), "mm": (self.m, self.m)}
+            stacked = torch.stack([self.segment_dot(*p) for p in pairs.values()]).double().cpu().numpy()
+            self._absorb(delta)
+        return dict(zip(pairs, stacked))
+
+    def _absorb(self, delta: Tensor) -> None:
+        # u <- delta (swap buffers so the old u becomes scratch), m <- beta m + (1-beta) delta
+        self.m.mul_(self.beta).add_(delta, alpha=1.0 - self.beta)
+        if delta is self.scratch:
+            self.u, self.scratch = self.scratch, self.u
+        else:
+            self.u.copy_(delta)
+        self.n_updates += 1
+
+    def combine(self, coefficients: np.ndarray) -> Tensor:
+        """Flat update ``a_i u + b_i m`` from per-tensor coefficients [n_tensors, 2]."""
+        c = torch.as_tensor(np.asarray(coefficients, dtype=np.float32), device=self.u.device)
+        if c.shape != (self.n_tensors, 2):
+            raise ValueError(f"coefficients must have shape ({self.n_tensors}, 2), got {tuple(c.shape)}")
+        a = torch.repeat_interleave(c[:, 0], self._sizes_t)
+        out = a.mul_(self.u)
+        out.addcmul_(torch.repeat_interleave(c[:, 1], self._sizes_t), self.m)
+        return out
+
+    def apply(self, delta: Tensor) -> float:
+        """Add a flat update to the parameters in place, fold it into the basis; returns its norm."""
+        if delta.shape != self.u.shape:
+            raise ValueError(f"delta must be flat with {self.u.numel()} elements, got {tuple(delta.shape)}")
+        with torch.no_grad():
+            torch._foreach_add_([p.data for p in self.params], self._views(delta.to(self.u.dtype)))
+            self._absorb(delta)
+        return float(delta.norm())
+
+    def ema_bias_correction(self) -> float:
+        """1 / (1 - beta^n): scale that turns the zero-initialised EMA into a mean."""
+        return 1.0 / (1.0 - self.beta ** max(self.n_updates, 1))
+
+
+def fit_coefficients(dots: dict[str, np.ndarray], ridge: float = 1e-6) -> np.ndarray:
+    """Least-squares ``(a, b)`` per tensor with Δ ≈ a u + b m, from dot products [n_tensors, 2]."""
+    uu, um, mm, du, dm = (dots[k] for k in ("uu", "um", "mm", "du", "dm"))
+    lam = ridge * (uu + mm) + 1e-30
+    det = (uu + lam) * (mm + lam) - um * um
+    a = np.where(det > 0, ((mm + lam) * du - um * dm) / np.where(det > 0, det, 1.0), 0.0)
+    b = np.where(det > 0, ((uu + lam) * dm - um * du) / np.where(det > 0, det, 1.0), 0.0)
+    return np.stack([a, b], axis=1)
+
+
+def relative_residual(dots: dict[str, np.ndarray], coefficients: np.ndarray) -> float:
+    """||Σ_i (a_i u_i + b_i m_i) - Δ|| / ||Δ|| over all tensors, from dot products only.
+
+    1.0 is what the null predictor scores; below 1 the forecast explains part of the update.
+    """
+    a, b = np.asarray(coefficients, dtype=np.float64).T
+    sq = (a * a * dots["uu"] + b * b * dots["mm"] + dots["dd"] + 2 * a * b * dots["um"]
+          - 2 * a * dots["du"] - 2 * b * dots["dm"])
+    total = float(dots["dd"].sum())
+    return math.sqrt(max(float(sq.sum()), 0.0) / total) if total > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- predictors
+@dataclass
+class Observation:
+    """What a predictor sees after a real step ``step`` (global optimizer-step index)."""
+
+    step: int
+    loss: float
+    lr_mult: float
+    gap: int                      # steps since the previous real step (1, or K+1 after Predict)
+    coefficients: np.ndarray      # [n_tensors, 2] least-squares fit of the real Δ on the basis
+    update_norms: np.ndarray      # [n_tensors] ||Δ||
+    grad_norms: np.ndarray        # [n_tensors] ||g|| before clipping
+    residual: float = float("nan")  # relative residual of the predictor's forecast of this Δ
+    horizon: int = 1              # horizon of that forecast
+
+
+class Predictor:
+    """Protocol every predictor follows (the trainer calls nothing else).
+
+    ``bind(basis)`` once; ``observe`` after each real step; ``fit`` on Full/Warmup steps (online fitting);
+    ``start_rollout`` when a Predict phase begins (``lr_mults`` of the next K+1 steps);
+    ``next_update(basis, k, lr_ratio)`` the flat delta for the k-th step of the rollout
+    (k = 1..K), or ``None`` for "no prediction"; ``confidence()`` in [0, 1];
+    ``nbytes`` the memory its own state adds.
+    """
+
+    name = "predictor"
+    needs_basis = True
+
+    def bind(self, basis: UpdateBasis | None) -> None:
+        """Called once by the trainer with the basis it maintains (None for plain runs)."""
+        self.basis = basis
+
+    def observe(self, obs: Observation) -> None:  # pragma: no cover - trivial default
+        pass
+
+    def fit(self) -> None:
+        pass
+
+    def start_rollout(self, lr_mults: Sequence[float]) -> None:
+        pass
+
+    def next_update(self, basis: UpdateBasis, k: int, lr_ratio: float) -> Tensor | None:
+        raise NotImplementedError
+
+    def forecast_coefficients(self, k: int, lr_ratio: float) -> np.ndarray | None:
+        """Coefficients it would use for horizon ``k`` (None: cannot be scored from dots)."""
+        return None
+
+    def confidence(self) -> float:
+        return 1.0
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+class BasisPredictor(Predictor):
+    """Predicts ``a u + b m`` per tensor; confidence = 1 - EMA of measured relative residuals.
+
+    Residuals come from two places: every real step scores the 1-step forecast; the first
+    real step after a Predict phase of length K scores the forecast at horizon K+1. The
+    confidence uses the worse of the two (an unmeasured long-horizon residual counts as the
+    1-step one). ``residual_decay`` is the EMA decay of both.
+    """
+
+    def __init__(self, residual_decay: float = 0.8):
+        if not 0.0 <= residual_decay < 1.0:
+            raise ValueError(f"residual_decay must be in [0, 1), got {residual_decay!r}")
+        self.residual_decay = residual_decay
+        self.r_short = float("nan")
+        self.r_long = float("nan")
+        self.n_obs = 0
+
+    def coefficients(self, k: int, lr_ratio: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def forecast_coefficients(self, k, lr_ratio):
+        return self.coefficients(k, lr_ratio) if self.ready else None
+
+    def next_update(self, basis, k, lr_ratio):
+        return basis.combine(self.coefficients(k, lr_ratio))
+
+    def observe(self, obs: Observation) -> None:
+        self.n_obs += 1
+        if math.isfinite(obs.residual):
+            r = min(obs.residual, 2.0)
+            attr = "r_short" if obs.horizon == 1 else "r_long"
+            old = getattr(self, attr)
+            setattr(self, attr, r if not math.isfinite(old) else
+                    self.residual_decay * old + (1 - self.residual_decay) * r)
+
+    def confidence(self) -> float:
+        if not math.isfinite(self.r_short):
+            return 0.0
+        worst = max(self.r_short, self.r_long) if math.isfinite(self.r_long) else self.r_short
+        return float(np.clip(1.0 - worst, 0.0, 1.0))
+
+    @property
+    def ready(self) -> bool:
+        return self.n_obs >= 2
+
+
+class NullPredictor(BasisPredictor):
+    """Zero update: a predicted step is a skipped step (the control every method must beat)."""
+
+    name = "null"
+
+    def coefficients(self, k, lr_ratio):
+        return np.zeros((self.basis.n_tensors, 2))
+
+
+class LinearPredictor(BasisPredictor):
+    """Repeat the last applied update, scaled by the LR ratio of consecutive steps."""
+
+    name = "linear"
+
+    def coefficients(self, k, lr_ratio):
+        c = np.zeros((self.basis.n_tensors, 2))
+        c[:, 0] = lr_ratio
+        return c
+
+
+class EMAPredictor(BasisPredictor):
+    """Apply the (bias-corrected) EMA of recent applied updates, scaled by the LR ratio."""
+
+    name = "ema"
+
+    def coefficients(self, k, lr_ratio):
+        c = np.zeros((self.basis.n_tensors, 2))
+        c[:, 1] = lr_ratio * self.basis.ema_bias_correction()
+        return c
+
+
+
+
+# --------------------------------------------------------------------------- the RSSM
 
 
 def _gaussian(params: Tensor, min_std: float = 0.1) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,12 @@ import torch
 from scipy import stats
 
 from lib.predictive import (
-    HybridConfig, HybridResult, HybridTrainer, Observation, UpdateBasis, build_predictor,
+    HybridConfig,
+    HybridResult,
+    HybridTrainer,
+    Observation,
+    UpdateBasis,
+    build_predictor,
     fit_coefficients,
 )
 

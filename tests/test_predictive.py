@@ -9,8 +9,16 @@ import torch
 from torch import nn
 
 from lib.predictive import (
-    EMAPredictor, HybridConfig, HybridTrainer, LinearPredictor, NullPredictor, Predictor,
-    UpdateBasis, build_predictor, fit_coefficients, relative_residual,
+    EMAPredictor,
+    HybridConfig,
+    HybridTrainer,
+    LinearPredictor,
+    NullPredictor,
+    Predictor,
+    UpdateBasis,
+    build_predictor,
+    fit_coefficients,
+    relative_residual,
 )
 
 
