@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "runtime", "plotting", "schedules", "models", "data", "train", "runs", "encodings",
-    "diagnostics", "longctx", "scaling", "moe", "optim", "studies", "predictive",
+    "diagnostics", "longctx", "scaling", "scaling_fit", "moe", "optim", "studies", "predictive",
+    "dynamics", "spiral", "attractor", "hf_adapter", "text",
 }
 
 
