@@ -186,13 +186,14 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int = 1,
               progress: bool = False) -> pd.DataFrame:
-    """Run ``configs`` as ``sweep`` in ``store`` (a ``lib.runs.RunStore``); return its frame.
+    """Run ``configs`` as ``sweep`` in ``store`` (a ``lib.runs.RunStore``); return their rows
+    (done runs of exactly these configs, one per config, as ``store.frame`` columns).
 
     Done runs are skipped, so calling again resumes. ``workers > 1`` starts that many
     processes (spawn) that claim runs from the same SQLite store; each run is single-threaded
     by default (``threads``), which is how small models use a multi-core CPU best.
     """
-    from lib.runs import RunStore, run_sweep
+    from lib.runs import RunStore, make_run_id, run_sweep
 
     if not isinstance(store, RunStore):
         raise ValueError(f"store must be a lib.runs.RunStore, got {type(store).__name__}")
@@ -215,7 +216,8 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
     # Single process, or a sweep-up of anything a worker left failed.
     run_sweep(store, sweep, configs, run_config, progress=progress)
     frame = store.frame(sweep)
-    return frame[frame["status"] == "done"].reset_index(drop=True)
+    wanted = {make_run_id(sweep, c) for c in configs}
+    return frame[(frame["status"] == "done") & frame["run_id"].isin(wanted)].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- analysis

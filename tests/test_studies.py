@@ -107,6 +107,8 @@ def test_tiny_study_end_to_end_resumable_and_deterministic(tmp_path):
     assert np.allclose(sorted(set(first["lr"].round(6))), [3e-3, 0.02])
     d = studies.paired_difference(frame, {"optimizer": "muon", "repeat": 0}, {"optimizer": "adamw"})
     assert d["n"] == 2
+    subset = studies.run_study(store, "tiny", configs[:2])           # rows of just these configs
+    assert subset["seed"].tolist() == [0, 1] and (subset["optimizer"] == "muon").all()
 
 
 def test_plots_draw():
