@@ -102,16 +102,16 @@ def measure_curve(n: int = 10_000_000, repeats: int = 3) -> pd.DataFrame:
         "CosinePlateau (2 plateaus)": S.CosinePlateau(n, n // 20, 0.1, [(0.3, 0.1), (0.6, 0.1)]).curve,
         "WSD (1-sqrt)": S.WSD(n, n // 20, n // 5).curve,
     }
-    rows = {}
-    for name, sched in scheds.items():
-        times = []
-        for _ in range(repeats):
+    times: dict[str, list[float]] = {name: [] for name in scheds}
+    for _ in range(repeats):  # interleaved, like the step timings
+        for name, fn in scheds.items():
             start = time.perf_counter()
-            sched(steps)
-            times.append(time.perf_counter() - start)
-        rows[name] = {"steps": n, "seconds": float(np.median(times)),
-                      "ns_per_step": 1e9 * float(np.median(times)) / n}
-    return pd.DataFrame.from_dict(rows, orient="index")
+            fn(steps)
+            times[name].append(time.perf_counter() - start)
+    frame = pd.DataFrame({"steps": n, "seconds": {k: float(np.median(v)) for k, v in times.items()}})
+    frame["ns_per_step"] = 1e9 * frame["seconds"] / n
+    frame["vs_numpy_reference"] = frame["seconds"] / frame["seconds"].iloc[0]
+    return frame
 
 
 def measure_construction(repeats: int = 2000) -> pd.DataFrame:
@@ -150,9 +150,11 @@ def main() -> None:
           f"({'met' if ours <= 0.7 else 'NOT met'})\n")
     curve = measure_curve()
     print(curve.round(4).to_string())
-    worst = curve["seconds"].drop("numpy reference (warm-up + cosine, np.where)").max()
+    ours = curve.iloc[1:]
+    worst = ours["seconds"].max()
     print(f"target: curve() over 10M steps < 0.5 s -> worst {worst:.3f} s "
-          f"({'met' if worst < 0.5 else 'NOT met'})\n")
+          f"({'met' if worst < 0.5 else 'NOT met'}; {ours['vs_numpy_reference'].max():.2f}x the plain "
+          "numpy formula timed in the same run, so on a loaded machine judge by that ratio)\n")
     print(measure_construction().round(2).to_string())
 
 

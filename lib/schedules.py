@@ -65,10 +65,12 @@ def _check_warmup(warmup_steps: Any, total_steps: int) -> int:
 
 def _as_steps(steps: Any) -> np.ndarray:
     """Steps as a float64 array; NaN, inf or negative steps are a ValueError."""
-    arr = np.asarray(steps, dtype=np.float64)
-    if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0):
-        raise ValueError("steps must be finite and >= 0 (optimizer steps)")
-    return arr
+    arr = np.asarray(steps)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"steps must be numbers (optimizer steps), got dtype {arr.dtype}")
+    if arr.size and not (arr.min() >= 0 and (arr.dtype.kind in "iu" or arr.max() < np.inf)):
+        raise ValueError("steps must be finite and >= 0 (optimizer steps)")  # NaN fails min >= 0
+    return arr.astype(np.float64, copy=False)
 
 
 class Schedule:
@@ -165,10 +167,9 @@ class WarmupCosine(Schedule):
         np.clip(progress, 0.0, 1.0, out=progress)
         progress *= np.pi
         out = np.cos(progress, out=progress)
-        out += 1.0
-        out *= 0.5
-        out *= 1 - self.min_lr_ratio
-        out += self.min_lr_ratio
+        half_range = 0.5 * (1.0 - self.min_lr_ratio)
+        out *= half_range
+        out += half_range + self.min_lr_ratio
         return _warmup_vector(steps, out, w)
 
 
