@@ -51,7 +51,7 @@ def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     return -(p * logp).sum(axis=axis)
 
 
-@dataclass
+@dataclass(eq=False)
 class TokenData:
     """A tokenized corpus: ``train`` and ``val`` token streams plus batching.
 
@@ -190,7 +190,7 @@ class TokenData:
 
 
 # --------------------------------------------------------------------------- synthetic language
-@dataclass
+@dataclass(eq=False)
 class SyntheticSource:
     """A topic-switching sparse Markov language with a closed-form entropy rate.
 
@@ -343,6 +343,57 @@ class SyntheticSource:
         keys, p = self.pair_distribution()
         return float(_entropy(p) - _entropy(np.bincount(keys // self.vocab_size, weights=p)))
 
+    def window_loss(self, tokens: np.ndarray, seq_len: int) -> np.ndarray:
+        """Loss (nats) of the Bayes-optimal predictor that sees only the current window.
+
+        ``tokens`` is a stream of this source (e.g. ``data.val``); the windows are the ones
+        ``TokenData.eval_batches`` yields (``[i*seq_len, (i+1)*seq_len]``). Returns
+        ``[n_windows, seq_len]``: entry ``[i, t]`` is ``-log p(y_t | x_0..x_t)`` where the
+        predictor knows the source exactly and filters the topic posterior from the window
+        alone (a window starting mid-document begins with the stationary prior). Its mean is
+        the best mean validation loss any model with that context can reach; position 0
+        averages to ``bigram_entropy`` and late positions approach ``entropy_rate``.
+        """
+        seq_len = _check_int("seq_len", seq_len)
+        K, V = self.n_topics, self.vocab_size
+        n_windows = (len(tokens) - 1) // seq_len
+        if n_windows < 1:
+            raise ValueError(f"tokens has {len(tokens)} tokens, too few for seq_len={seq_len}")
+        idx = np.arange(n_windows)[:, None] * seq_len + np.arange(seq_len + 1)
+        win = np.asarray(tokens, dtype=np.int64)[idx]
+        if win.max() >= V:
+            raise ValueError(f"tokens holds ids >= vocab_size={V}: not a stream of this source")
+        a, b = win[:, :-1], win[:, 1:]
+        is_word_a, is_word_b = a > K, b > K
+        wa, wb = np.clip(a - 1 - K, 0, None), np.clip(b - 1 - K, 0, None)
+        # likelihood of a -> b under each topic z: [n, T, K]
+        trans = np.zeros((K, *a.shape))
+        for j in range(self.branching):
+            trans += np.where(self.successors[:, wa, j] == wb, self.probs[:, wa, j], 0.0)
+        trans *= 1 - self.stop_probability
+        lik = np.where(is_word_a & is_word_b, trans, 0.0)
+        lik = np.where(is_word_a & (b == 0), self.stop_probability, lik)
+        lik = np.where((a >= 1) & (a <= K) & is_word_b, self.stationary[:, wb], lik)
+        lik = np.where((a == 0) & (b >= 1) & (b <= K), 1.0 / K, lik)
+        lik = np.moveaxis(lik, 0, -1)
+        # topic posterior at window start: from x_0 alone (stationary prior)
+        belief = np.where(is_word_a[:, :1], self.stationary[:, wa[:, 0]].T, 1.0 / K)
+        topic0 = (a[:, 0] >= 1) & (a[:, 0] <= K)
+        belief[topic0] = np.eye(K)[a[topic0, 0] - 1]
+        loss = np.empty((n_windows, seq_len))
+        for t in range(seq_len):
+            belief = belief / belief.sum(-1, keepdims=True)
+            joint = belief * lik[:, t]
+            p = joint.sum(-1)
+            if np.any(p <= 0):
+                raise ValueError("tokens holds a transition this source cannot produce")
+            loss[:, t] = -np.log(p)
+            belief = joint
+            belief[b[:, t] == 0] = 1.0 / K                                # new document: reset
+            marker = (b[:, t] >= 1) & (b[:, t] <= K)
+            belief[marker] = np.eye(K)[b[marker, t] - 1]
+        return loss
+
     # ---- sampling ----
     def sample(self, n_tokens: int, stream: int = 1) -> np.ndarray:
         """``n_tokens`` tokens (uint16) of i.i.d. documents drawn from generator ``(seed, stream)``.
@@ -395,9 +446,11 @@ def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_00
     ``seed``), so validation documents are never training documents; both hold exactly the
     requested number of tokens (their last document may be cut). ``entropy_rate`` is exact
     (nats/token); ``meta`` also carries ``unigram_entropy``, ``bigram_entropy`` and
-    ``word_entropy_rate`` (nats) and the source's parameters. With the defaults a small
-    transformer learns the bigram statistics within a few hundred steps; getting below
-    ``bigram_entropy`` takes attention to the topic.
+    ``word_entropy_rate`` (nats) and the source's parameters; ``data.source.window_loss(data.val,
+    seq_len)`` is the exact Bayes-optimal loss on the evaluation windows. With the defaults a
+    2-layer d_model=64 transformer (batch 16 x 64 tokens, AdamW 3e-3) reaches the bigram floor
+    (2.73) in ~250 steps and 2.43 nats/token at 400 steps; going further below ``bigram_entropy``
+    takes attention to the topic (the seq_len=64 Bayes floor is 1.88).
     """
     n_train_tokens = _check_int("n_train_tokens", n_train_tokens, 2)
     n_val_tokens = _check_int("n_val_tokens", n_val_tokens, 2)

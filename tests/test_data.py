@@ -293,3 +293,37 @@ def test_text_corpus_rejects_bad_input(text_file, tmp_path):
     small = text_corpus(text_file, data_root=tmp_path)
     with pytest.raises(ValueError, match="too few"):
         small.batch("val", 0, 2, seq_len=len(small.val))
+
+
+def test_window_loss_is_the_bayes_predictor():
+    data = synthetic_corpus(1000, 200_000, seed=2)
+    src = data.source
+    loss = src.window_loss(data.val, 64)
+    assert loss.shape == (data.n_eval_windows(64), 64)
+    # position 0 sees one token: its optimal loss is the previous-token-only floor; late
+    # positions have identified the topic and sit at the entropy rate
+    se0 = loss[:, 0].std() / np.sqrt(len(loss))
+    assert abs(loss[:, 0].mean() - src.bigram_entropy) < 4 * se0
+    assert loss[:, 32:].mean() == pytest.approx(src.entropy_rate, abs=0.02)
+    assert src.entropy_rate < loss.mean() < src.bigram_entropy
+    # independent reference, windows with no document boundary: the chain rule says the summed
+    # loss is -log sum_z prior(z | x_0) prod_t P_z(x_{t+1} | x_t), a product over dense matrices
+    K, W, q = src.n_topics, src.n_words, src.stop_probability
+    dense = np.zeros((K, W, W))
+    for z in range(K):
+        np.add.at(dense[z], (np.repeat(np.arange(W), src.branching), src.successors[z].ravel()),
+                  src.probs[z].ravel())
+    tokens = np.asarray(data.val, dtype=np.int64)
+    checked = 0
+    for i in range(len(loss)):
+        w = tokens[i * 64:(i + 1) * 64 + 1] - 1 - K
+        if w.min() < 0:
+            continue
+        with np.errstate(divide="ignore"):   # log 0 = -inf: a topic that cannot produce the window
+            log_paths = np.log(src.stationary[:, w[0]]) + np.log((1 - q) * dense[:, w[:-1], w[1:]]).sum(1)
+        expected = -(np.logaddexp.reduce(log_paths) - np.log(src.stationary[:, w[0]].sum()))
+        assert loss[i].sum() == pytest.approx(expected, rel=1e-9)
+        checked += 1
+    assert checked > 50
+    with pytest.raises(ValueError, match="cannot produce"):
+        src.window_loss(np.array([0, 7, 7, 0, 0]), 4)
