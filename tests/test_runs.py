@@ -198,3 +198,27 @@ def test_concurrent_sweeps_share_work_and_readers_never_fail(tmp_path):
     assert (df.status == "done").all() and sorted(df["i"]) == list(range(n))
     ends = [i for kind, i in _log(tmp_path) if kind == "end"]
     assert sorted(ends) == list(range(n))                        # each run executed exactly once
+
+
+def test_interrupts_and_runs_owned_elsewhere(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(store, "k", [{"a": 1}, {"a": 2}], interrupted, progress=False)
+    df = store.frame("k")
+    assert df["status"].tolist() == ["failed"] and df.loc[0, "error"] == "KeyboardInterrupt"
+    # a run another host holds is left alone unless stolen
+    rid = make_run_id("k", {"a": 1})
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE runs SET status = 'running', host = 'elsewhere', pid = 1 WHERE run_id = ?", (rid,))
+    df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False)
+    assert df.set_index("a")["status"].to_dict() == {1: "running", 2: "done"}
+    df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False, steal=True)
+    assert (df["status"] == "done").all() and df["v"].tolist() == [1, 2]
+    assert df.set_index("a").loc[1, "host"] == store.host
