@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _SUBMODULES = {
     "runtime", "plotting", "schedules", "models", "data", "train", "runs", "encodings",
     "diagnostics", "longctx", "scaling", "scaling_fit", "moe", "optim", "studies", "predictive",
-    "dynamics", "spiral", "attractor", "hf_adapter", "text",
+    "lr_scheduler", "dynamics", "spiral", "attractor", "hf_adapter", "text",
 }
 
 
