@@ -20,17 +20,15 @@ Modules are imported lazily so ``import lib`` stays cheap.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {
-    "runtime", "plotting", "schedules", "models", "data", "train", "runs", "encodings",
-    "diagnostics", "longctx", "scaling", "scaling_fit", "moe", "optim", "studies", "predictive",
-    "lr_scheduler", "dynamics", "spiral", "attractor", "hf_adapter", "text",
-}
+_HERE = Path(__file__).resolve().parent
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    """``lib.<module>`` imports the module on first use (``import lib`` stays cheap)."""
+    if not name.startswith("_") and (_HERE / f"{name}.py").exists():
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'lib' has no attribute {name!r}")
