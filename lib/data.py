@@ -265,23 +265,49 @@ class SyntheticSource:
         rng = _rng(self.seed, 0)
         log_pop = -self.zipf_exponent * np.log(np.arange(1, W + 1))
         succ = np.empty((K, W, m), dtype=np.int64)
-        chunk = max(1, 2**22 // W)   # Gumbel keys are [chunk, W]: bounded memory at any vocab
         for z in range(K):
             order = np.argsort(rng.random(W), kind="stable")
             cycle = np.empty(W, dtype=np.int64)
             cycle[order] = np.roll(order, -1)
             succ[z, :, m - 1] = cycle
-            for lo in range(0, W, chunk):
-                rows = np.arange(lo, min(W, lo + chunk))
-                keys = log_pop - np.log(-np.log(1.0 - rng.random((len(rows), W))))
-                keys[np.arange(len(rows)), cycle[rows]] = -np.inf
+            if W <= 1024:   # Gumbel top-k over all words: sampling without replacement by popularity
+                keys = log_pop - np.log(-np.log(1.0 - rng.random((W, W))))
+                keys[np.arange(W), cycle] = -np.inf
                 top = np.argpartition(-keys, m - 2, axis=1)[:, :m - 1]
                 top_keys = np.take_along_axis(keys, top, axis=1)
-                succ[z, rows, :m - 1] = np.take_along_axis(top, np.argsort(-top_keys, axis=1), axis=1)
+                succ[z, :, :m - 1] = np.take_along_axis(top, np.argsort(-top_keys, axis=1), axis=1)
+            else:           # same law, cheaper: first m-1 distinct of i.i.d. popularity draws
+                succ[z, :, :m - 1] = self._distinct_draws(rng, log_pop, cycle, m - 1)
         weights = np.arange(1, m + 1, dtype=np.float64) ** -self.branch_exponent
         self.successors = succ
         self.probs = np.broadcast_to(weights / weights.sum(), (K, W, m)).copy()
         self.stationary = np.stack([self._stationary(z) for z in range(K)])
+
+    @staticmethod
+    def _distinct_draws(rng, log_pop: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+        """Per row, the first ``k`` distinct words of i.i.d. draws from ``exp(log_pop)``,
+        skipping ``exclude[row]``: sequential sampling without replacement (Plackett-Luce)."""
+        cdf = np.cumsum(np.exp(log_pop - log_pop.max()))
+        cdf /= cdf[-1]
+        rows, n_draws = len(exclude), 4 * k
+        draws = np.empty((rows, 0), dtype=np.int64)
+        out = np.empty((rows, k), dtype=np.int64)
+        todo = np.arange(rows)
+        while len(todo):
+            new = np.minimum(np.searchsorted(cdf, rng.random((len(todo), n_draws)), side="right"), len(cdf) - 1)
+            draws = np.concatenate([draws, new], axis=1)
+            srt = np.argsort(draws, axis=1, kind="stable")
+            sorted_vals = np.take_along_axis(draws, srt, axis=1)
+            first = np.ones_like(sorted_vals, dtype=bool)
+            first[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+            keep = np.empty_like(first)
+            np.put_along_axis(keep, srt, first, axis=1)
+            keep &= draws != exclude[todo][:, None]
+            done = keep.sum(1) >= k
+            pos = np.argsort(~keep, axis=1, kind="stable")[:, :k]   # earliest kept draws, in order
+            out[todo[done]] = np.take_along_axis(draws, pos, axis=1)[done]
+            draws, todo = draws[~done], todo[~done]
+        return out
 
     def _stationary(self, z: int) -> np.ndarray:
         """Stationary distribution of topic z's chain by power iteration on the lazy chain."""

@@ -327,3 +327,21 @@ def test_window_loss_is_the_bayes_predictor():
     assert checked > 50
     with pytest.raises(ValueError, match="cannot produce"):
         src.window_loss(np.array([0, 7, 7, 0, 0]), 4)
+
+
+def test_large_vocab_successors_follow_sampling_without_replacement():
+    # the path used above 1024 words: first slot ~ popularity renormalised without the excluded
+    # word (chi-square, df = 48, 99.9% quantile 84.0); slots distinct; exclusion respected
+    W, k, n = 50, 3, 20_000
+    log_pop = -np.log(np.arange(1, W + 1))
+    exclude = np.arange(n) % 2
+    draws = SyntheticSource._distinct_draws(np.random.default_rng(0), log_pop, exclude, k)
+    assert np.all(draws != exclude[:, None])
+    assert np.all((draws[:, 0] != draws[:, 1]) & (draws[:, 1] != draws[:, 2]) & (draws[:, 0] != draws[:, 2]))
+    rows = exclude == 0
+    pop = np.exp(log_pop)
+    expected = pop[1:] / pop[1:].sum() * rows.sum()
+    counts = np.bincount(draws[rows, 0], minlength=W)[1:]
+    assert ((counts - expected) ** 2 / expected).sum() < 84.0
+    big = synthetic_corpus(20_000, 2_000, vocab_size=4096)
+    assert big.train.max() < 4096 and big.entropy_rate < big.meta["bigram_entropy"]
