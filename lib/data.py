@@ -475,7 +475,7 @@ def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_00
     ``word_entropy_rate`` (nats) and the source's parameters; ``data.source.window_loss(data.val,
     seq_len)`` is the exact Bayes-optimal loss on the evaluation windows. With the defaults a
     2-layer d_model=64 transformer (batch 16 x 64 tokens, AdamW 3e-3) reaches the bigram floor
-    (2.73) in ~250 steps and 2.43 nats/token at 400 steps; going further below ``bigram_entropy``
+    (2.73) in ~250 steps and 2.43 nats/token at 400 steps (one run, seed 0); going further below ``bigram_entropy``
     takes attention to the topic (the seq_len=64 Bayes floor is 1.88).
     """
     n_train_tokens = _check_int("n_train_tokens", n_train_tokens, 2)
@@ -488,8 +488,6 @@ def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_00
             "bigram_entropy": source.bigram_entropy, "word_entropy_rate": source.word_entropy_rate}
     return TokenData(source.sample(n_train_tokens, stream=1), source.sample(n_val_tokens, stream=2),
                      vocab_size, source.entropy_rate, f"synthetic-s{seed}", meta, source=source)
-
-
 
 
 # --------------------------------------------------------------------------- real text
@@ -551,7 +549,9 @@ def train_bpe(documents: list[str], vocab_size: int, path: str | Path) -> BPETok
     tok.train_from_iterator(documents, trainer=trainer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tok.save(str(tmp))
+    tmp.replace(path)   # atomic: a reader never sees half a file
     return BPETokenizer(path)
 
 
