@@ -412,7 +412,7 @@ class RSSMPredictor(BasisPredictor):
 
     def __init__(self, window: int = 64, seq_len: int = 12, batch: int = 8, fit_iters: int = 1,
                  lr: float = 3e-3, deter: int = 64, stoch: int = 16, hidden: int = 64,
-                 kl_balance: float = 0.8, min_fits: int = 10, seed: int = 0, **kw):
+                 kl_balance: float = 0.8, min_fits: int = 5, seed: int = 0, **kw):
         super().__init__(**kw)
         for name, value in (("window", window), ("seq_len", seq_len), ("batch", batch),
                             ("fit_iters", fit_iters), ("min_fits", min_fits)):
