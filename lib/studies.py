@@ -147,7 +147,7 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     from lib.moe import routing_summary
     from lib.optim import build_optimizers
     from lib.schedules import WarmupCosine
-    from lib.train import TrainConfig, evaluate, train
+    from lib.train import TrainConfig, train
 
     config = study_config(**config)
     torch.set_num_threads(config["threads"])

@@ -181,7 +181,8 @@ def test_validation_errors():
 
 
 def test_builds_inside_lib_models():
-    models = pytest.importorskip("lib.models")
+    from lib import models
+
     cfg = models.ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, max_seq_len=16,
                              mlp="moe", moe={"n_experts": 4, "top_k": 2})
     model = models.Transformer(cfg)
