@@ -308,6 +308,28 @@ def best(summary: pd.DataFrame, by: Sequence[str] | str = ()) -> pd.DataFrame:
     return ok.loc[ok.groupby(by)["mean"].idxmin()].reset_index(drop=True)
 
 
+def edge_lrs(summary: pd.DataFrame, by: Sequence[str] | str = "optimizer", factor: float = 2.0) -> dict[tuple, float]:
+    """For every group ``by`` of a ``summarize(frame, [*by, "lr"])`` table whose best mean sits at
+    the edge of its LR grid, the next LR outwards (``factor`` beyond the edge): an optimum at the
+    boundary of a grid is not an optimum yet. Groups with an interior best, or whose next LR was
+    already tried (e.g. it diverged), are left out. Keys are tuples of the ``by`` values."""
+    by = [by] if isinstance(by, str) else list(by)
+    if not factor > 1:
+        raise ValueError(f"factor must be > 1, got {factor!r}")
+    out = {}
+    for key, rows in summary.groupby(by):
+        key = key if isinstance(key, tuple) else (key,)
+        tried = sorted(float(v) for v in rows["lr"])
+        ok = rows.dropna(subset=["mean"])
+        if len(tried) < 2 or ok.empty:
+            continue
+        best_lr = float(ok.loc[ok["mean"].idxmin(), "lr"])
+        nxt = best_lr * factor if best_lr == tried[-1] else best_lr / factor if best_lr == tried[0] else None
+        if nxt is not None and not np.isclose(tried, nxt).any():
+            out[key] = float(f"{nxt:.4g}")
+    return out
+
+
 def plot_lr_sensitivity(frame: pd.DataFrame, metric: str = "val_loss", hue: str = "optimizer", ax=None):
     """Mean +/- 95% CI of ``metric`` against peak LR (log axis), one line per ``hue``."""
     import matplotlib.pyplot as plt

@@ -125,3 +125,12 @@ def test_plots_draw():
     cell = table[(table["warmup"] == 0.0) & (table["floor"] == 0.0)].iloc[0]
     assert cell["mean_diff"] == pytest.approx(0.0 - 0.05 + 0.1 - 0.01 * 1 * 0.05)
     studies.plot_warmup_floor_heatmap(frame, {"warmup": 0.05, "floor": 0.1})
+
+
+def test_edge_lrs_extends_only_boundary_optima():
+    rows = [("muon", 0.01, 3.0), ("muon", 0.02, 2.9), ("muon", 0.04, 2.8),       # best at top edge
+            ("adamw", 0.001, 3.0), ("adamw", 0.002, 2.7), ("adamw", 0.004, 2.9),  # interior
+            ("sgd", 0.1, 2.5), ("sgd", 0.2, 2.6), ("sgd", 0.05, math.nan)]        # bottom edge, next diverged
+    table = pd.DataFrame(rows, columns=["optimizer", "lr", "mean"])
+    assert studies.edge_lrs(table) == {("muon",): 0.08}
+    assert studies.edge_lrs(table.drop(index=8)) == {("muon",): 0.08, ("sgd",): 0.05}
