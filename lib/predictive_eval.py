@@ -364,7 +364,7 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
             p.observe(obs)
             if step >= task.hybrid["warmup_steps"]:
                 p.fit()
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["predictor", "anchor", "k", "latency_s", "step_error", "cum_error"])
 
 
 # --------------------------------------------------------------------------- figures
