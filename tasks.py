@@ -161,11 +161,11 @@ def _strip_volatile_metadata(nb: dict) -> None:
 def test(c, fast: bool = False, workers: int = 2, only: str | None = None):
     """Unit tests, then nbval re-executing every notebook and checking its key outputs."""
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg")
-    c.run(f"{sys.executable} -m pytest tests -q -n {workers} -p no:cacheprovider", env=env, pty=False)
+    c.run(f"{sys.executable} -m pytest tests -q -n {workers}", env=env, pty=False)
     if fast:
         return
     books = " ".join(str(b.relative_to(ROOT)) for b in _notebooks(only))
-    c.run(f"{sys.executable} -m pytest -q -p no:cacheprovider --nbval-lax "
+    c.run(f"{sys.executable} -m pytest -q --nbval-lax "
           f"--nbval-sanitize-with {SANITIZE.relative_to(ROOT)} --nbval-cell-timeout=900 {books}",
           env=env, pty=False)
 
