@@ -205,10 +205,9 @@ def attention_entropy_by_distance(attn: torch.Tensor, max_distance: int | None =
 
 # --- cost ------------------------------------------------------------------------------------
 
-def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, repeats: int = 5,
-                   device: str = "cpu") -> dict:
-    """Median seconds of one attention forward (hooks + SDPA) and the encoding's extra bytes
-    (cached cos/sin or bias tensors) at ``seq_len``."""
+def attention_forward(encoding: PositionalEncoding, seq_len: int, batch: int = 1, device: str = "cpu"):
+    """A zero-argument closure running one causal attention forward (hooks + SDPA) on fixed
+    random inputs of ``seq_len`` tokens: the unit that ``attention_cost`` and the benchmark time."""
     if not isinstance(seq_len, int) or seq_len <= 0:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     h, d = encoding.n_heads, encoding.head_dim
@@ -217,6 +216,7 @@ def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, r
     x = torch.randn(batch, seq_len, encoding.d_model, generator=gen).to(device)
     pos = torch.arange(seq_len, device=device)
 
+    @torch.no_grad()
     def run():
         encoding.embed(x, pos)
         q2, k2 = encoding.rotate(q, k, pos)
@@ -226,6 +226,14 @@ def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, r
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
         return F.scaled_dot_product_attention(q2, k2, v, attn_mask=bias.masked_fill(~causal, float("-inf")))
 
+    return run
+
+
+def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, repeats: int = 5,
+                   device: str = "cpu") -> dict:
+    """Median seconds of one attention forward (``attention_forward``) and the encoding's extra
+    bytes (cached cos/sin tables or the bias matrix) at ``seq_len``."""
+    run = attention_forward(encoding, seq_len, batch, device)
     run()
     times = []
     for _ in range(repeats):
@@ -235,7 +243,7 @@ def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, r
     extra = 0
     if getattr(encoding, "_cache", None) is not None:
         extra += sum(t.numel() * t.element_size() for t in encoding._cache[2:])
-    bias = encoding.attn_bias(seq_len, seq_len, device, q.dtype)
+    bias = encoding.attn_bias(seq_len, seq_len, device, torch.float32)
     if bias is not None:
         extra += bias.numel() * bias.element_size()
     return {"encoding": encoding.name, "seq_len": seq_len, "seconds": float(np.median(times)), "extra_bytes": extra}
@@ -245,3 +253,38 @@ def kv_cache_nbytes(n_layers: int, batch: int, seq_len: int, n_kv_heads: int, he
                     bytes_per_element: int = 4) -> int:
     """Closed-form KV-cache size: 2 (K and V) * layers * batch * seq_len * kv_heads * head_dim * bytes."""
     return 2 * n_layers * batch * seq_len * n_kv_heads * head_dim * bytes_per_element
+
+
+@torch.no_grad()
+def attractor_vs_kv_memory(lengths, *, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                           d_state: int = 16, batch: int = 1, measure_up_to: int = 1024) -> pd.DataFrame:
+    """Measured bytes vs sequence length: the KV cache of a random-init transformers Llama of the
+    given shape (its real ``DynamicCache`` after a forward, up to ``measure_up_to`` tokens; the
+    closed form ``kv_cache_nbytes`` beyond, which the tests check against the real cache) and the
+    recurrent state of an attractor in every layer after stepping token by token through
+    ``min(length, measure_up_to)`` tokens (the state is updated in place, so its size is fixed)."""
+    from lib.encodings import build_encoding
+    from lib.hf_adapter import tiny_llama
+
+    lengths = _check_offsets(lengths)
+    head_dim = d_model // n_heads
+    model = tiny_llama("llama", hidden_size=d_model, n_layers=n_layers, n_heads=n_heads,
+                       max_position_embeddings=int(lengths.max()), attn_implementation="sdpa")
+    enc = build_encoding("attractor", d_model=d_model, n_heads=n_heads, head_dim=head_dim,
+                         max_seq_len=int(lengths.max()), d_state=d_state, n_layers=n_layers)
+    rows = []
+    for t in lengths.tolist():
+        if t <= measure_up_to:
+            cache = model(torch.randint(0, 128, (batch, t)), use_cache=True).past_key_values
+            kv, how = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers), "measured"
+        else:
+            kv, how = kv_cache_nbytes(n_layers, batch, t, n_heads, head_dim), "closed form"
+        states = enc.init_state(batch)
+        h = torch.randn(batch, min(t, 256), d_model)
+        for i in range(min(t, measure_up_to)):
+            for layer in enc.layers:
+                enc.step_hook(layer, h[:, i % h.shape[1]], i, states)
+        rows.append({"length": t, "kv_cache_bytes": kv, "kv_source": how,
+                     "attractor_state_bytes": enc.state_nbytes(states),
+                     "attractor_tokens_stepped": min(t, measure_up_to)})
+    return pd.DataFrame(rows)

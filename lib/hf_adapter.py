@@ -142,7 +142,7 @@ def apply_to_hf(model: nn.Module, encoding: PositionalEncoding) -> HFEncodingHan
 
 def tiny_llama(arch: str = "llama", *, vocab_size: int = 128, hidden_size: int = 64, n_layers: int = 2,
                n_heads: int = 4, n_kv_heads: int | None = None, max_position_embeddings: int = 256,
-               rope_theta: float = 10000.0, seed: int = 0):
+               rope_theta: float = 10000.0, seed: int = 0, attn_implementation: str = "eager"):
     """A random-init transformers Llama / Qwen2 CausalLM (no downloads) in eval mode, fp32."""
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
@@ -154,6 +154,6 @@ def tiny_llama(arch: str = "llama", *, vocab_size: int = 128, hidden_size: int =
                      num_hidden_layers=n_layers, num_attention_heads=n_heads,
                      num_key_value_heads=n_kv_heads or n_heads, max_position_embeddings=max_position_embeddings,
                      rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-                     attn_implementation="eager")
+                     attn_implementation=attn_implementation)
     torch.manual_seed(seed)
     return cls_model(config).eval()

@@ -101,13 +101,11 @@ def test_rope_apply_matches_transformers_and_is_relative():
     cos, sin = enc.cos_sin(pos[None])
     torch.testing.assert_close(enc.rotate(q, k, pos), apply_rotary_pos_emb(q, k, cos, sin))
     # q.k after rotation depends on the offset only
-    qa, ka = enc.rotate(q[:, :, :1], k[:, :, :1], torch.tensor([3])), None
     a = enc.rotate(q[:, :, :1].expand(-1, -1, 2, -1), k[:, :, :1].expand(-1, -1, 2, -1), torch.tensor([3, 10]))
     b = enc.rotate(q[:, :, :1].expand(-1, -1, 2, -1), k[:, :, :1].expand(-1, -1, 2, -1), torch.tensor([103, 110]))
     dot_a = (a[0][:, :, 1] * a[1][:, :, 0]).sum(-1)
     dot_b = (b[0][:, :, 1] * b[1][:, :, 0]).sum(-1)
     torch.testing.assert_close(dot_a, dot_b, rtol=1e-4, atol=1e-4)
-    del qa, ka
 
 
 def test_alibi_slopes_paper_values_and_bias():

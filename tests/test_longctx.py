@@ -4,6 +4,7 @@ is deterministic per seed, and the evaluation helpers score a perfect oracle as 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -124,3 +125,22 @@ def test_answer_accuracy_oracle_and_chance():
             return torch.zeros(*idx.shape, 64)
 
     assert L.answer_accuracy(Zero(), batch)["exact_match"] == 0.0
+
+
+def test_sweep_shares_training_and_yarn_factor_one_is_rope():
+    variants = {"rope": {"encoding": "rope"},
+                "rope+yarn": {"encoding": "rope", "eval_encoding": ("yarn", {"factor": "auto"})}}
+    out = L.extrapolation_sweep(variants, "passkey", 16, [16, 32], steps=3, seeds=(0,), n_eval=4,
+                                task_kwargs={"n_digits": 1}, d_model=16, n_heads=2, batch_size=4,
+                                depths=[0.0, 1.0], heatmap_labels=["rope"])
+    assert len(out["train_seconds"]) == 1  # one training serves both variants
+    assert out["models"][("rope", 0)] is out["models"][("rope+yarn", 0)]
+    assert set(out["heatmap"]["label"]) == {"rope"} and len(out["heatmap"]) == 2 * 2
+    assert out["by_length"].shape[0] == 4
+    model = out["models"][("rope", 0)]
+    x = L.passkey(2, 16, seed=5, n_digits=1).inputs
+    same = L.with_encoding(model, "yarn", factor=1.0)  # YaRN at factor 1 is RoPE: frequencies and scale
+    assert torch.equal(same(x).logits, model(x).logits)
+    assert not torch.allclose(L.with_encoding(model, "yarn", factor=4.0)(x).logits, model(x).logits)
+    stats = L.mean_ci(pd.DataFrame({"g": [1, 1, 1], "exact_match": [0.0, 0.5, 1.0]}), ["g"])
+    assert stats["mean"][0] == 0.5 and stats["ci"][0] == pytest.approx(4.302653 * 0.5 / np.sqrt(3), rel=1e-5)
