@@ -280,6 +280,16 @@ def paired_difference(frame: pd.DataFrame, a: dict[str, Any], b: dict[str, Any],
             "t_p": t_p, "wilcoxon_p": w_p}
 
 
+def verdict(difference: dict[str, float]) -> str:
+    """Plain reading of a ``paired_difference`` (arm a minus arm b, lower is better):
+    "a better" if its CI lies below 0, "a worse" if above 0, else "no detectable difference"."""
+    if difference["ci_high"] < 0:
+        return "a better"
+    if difference["ci_low"] > 0:
+        return "a worse"
+    return "no detectable difference"
+
+
 def noise_floor(frame: pd.DataFrame, metric: str = "val_loss", confidence: float = 0.95) -> dict[str, float]:
     """A/A noise of an ``aa_configs`` sweep: ``seed_std`` (std of ``metric`` across seeds,
     repeat 0), ``ci`` (the 95% half-width of the mean over those seeds) and

@@ -68,6 +68,10 @@ def test_paired_difference_closed_form():
     assert out["wilcoxon_p"] == pytest.approx(2 / 2**4)  # all 4 differences negative: exact minimum
     with pytest.raises(ValueError, match="columns"):
         studies.paired_difference(_frame(diffs), {"nope": 1}, {"arm": "b"})
+    assert studies.verdict(out) == "a better"
+    assert studies.verdict(studies.paired_difference(_frame(diffs), {"arm": "b"}, {"arm": "a"})) == "a worse"
+    mixed = studies.paired_difference(_frame([0.05, -0.05, 0.01, -0.02]), {"arm": "a"}, {"arm": "b"})
+    assert studies.verdict(mixed) == "no detectable difference"
 
 
 def test_summarize_excludes_diverged_and_noise_floor():
