@@ -65,9 +65,10 @@ def grouped_mm_available(device: torch.device | str = "cpu", dtype: torch.dtype 
 
 def _grouped_linear(x: Tensor, weight: Tensor, offsets: Tensor) -> Tensor:
     """Rows of ``x`` [S, in] (sorted by group) times ``weight[g].T`` ([E, out, in]) per group."""
-    # The CPU kernel rejects gradients with zero strides (e.g. from ``.sum()``): make them dense.
-    x = x.to(weight.dtype)
-    return _GroupedMM.apply(x, weight.transpose(-2, -1), offsets)
+    # torch._grouped_mm is not autocast-aware: apply the autocast dtype by hand (bf16 on CUDA).
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    return _GroupedMM.apply(x.to(dtype), weight.to(dtype).transpose(-2, -1), offsets)
 
 
 class _GroupedMM(torch.autograd.Function):
@@ -80,6 +81,7 @@ class _GroupedMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # The CPU kernel rejects gradients with zero strides (e.g. from ``.sum()``): make them dense.
         x, w, offsets = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = grad_w = None

@@ -59,6 +59,22 @@ def test_grouped_handles_idle_experts_and_bf16():
     torch.testing.assert_close(out_bf.float(), out_s, rtol=5e-2, atol=5e-2)
 
 
+def test_grouped_follows_autocast():
+    if not grouped_mm_available("cpu", torch.bfloat16):
+        pytest.skip("torch._grouped_mm not available on this CPU build")
+    layer = _layer()
+    x = torch.randn(2, 5, D)
+    outs = {}
+    for mode in ("sorted", "grouped"):
+        layer.dispatch = mode
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[mode] = layer(x)
+    assert outs["grouped"].dtype == x.dtype
+    torch.testing.assert_close(outs["grouped"], outs["sorted"], rtol=2e-2, atol=2e-2)
+    layer.dispatch = "dense"
+    assert (outs["grouped"] - layer(x)).abs().max() > 0  # bf16 really was used
+
+
 @pytest.mark.parametrize("impl", ["eager", "grouped_mm"])
 def test_matches_transformers_mixtral_block(impl):
     layer = _layer(router_noise=0.5).eval()  # eval: noise off, as Mixtral without jitter
