@@ -215,8 +215,9 @@ class ParametricFit:
         lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
         point = {**self.params, "a": self.a}
         boot = self.bootstrap.replace([np.inf, -np.inf], np.nan)
-        return pd.DataFrame({"estimate": pd.Series(point),
-                             "low": boot.quantile(lo), "high": boot.quantile(hi), "std": boot.std()})
+        with np.errstate(all="ignore"):  # degenerate resamples can hold huge A, B
+            return pd.DataFrame({"estimate": pd.Series(point), "low": boot.quantile(lo),
+                                 "high": boot.quantile(hi), "std": boot.std()})
 
 
 def _prepare(N, D, loss):
