@@ -1,0 +1,146 @@
+"""MoE layer and optimizer-step cost: lib.moe / lib.optim vs their peers, measured in the same run.
+
+1. Forward + backward throughput (tokens/s) of ``lib.moe.MoEFeedForward`` (grouped_mm and
+   sorted-loop dispatch) vs transformers' ``MixtralSparseMoeBlock`` of the same shape and
+   weights, with its "eager" and "grouped_mm" ``experts_implementation``; ratio ours / Mixtral
+   (target >= 1.5x on CPU against eager). Also the cost a ParameterList layout would add:
+   stacking the expert matrices at every forward (and un-stacking the gradient in backward).
+2. Optimizer step time of Muon (``lib.optim.ExpertMuon``, Newton-Schulz in fp32 on CPU, and
+   in bf16 as torch does) + AdamW vs AdamW alone on a small MoE transformer.
+
+Interleaved repeats, medians; the machine may be shared, so read the ratios.
+
+    python benchmarks/bench_moe.py [--quick] [--device cuda] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lib.models import ModelConfig, Transformer
+from lib.moe import MoEFeedForward, to_hf_mixtral_block
+from lib.optim import build_optimizers
+from lib.runtime import pick_device
+
+SHAPES = {
+    "small": dict(d_model=256, d_ff=512, n_experts=8, top_k=2, tokens=2048),
+    "tiny": dict(d_model=128, d_ff=256, n_experts=8, top_k=2, tokens=1024),
+}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fns: dict, repeats: int, steps: int, device) -> dict[str, float]:
+    """Median seconds per call of each function, interleaved so drift hits all equally."""
+    for fn in fns.values():
+        fn(), fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(device)
+            times[k].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def layer_throughput(shape: str, repeats: int, steps: int, device) -> dict[str, float]:
+    s = dict(SHAPES[shape])
+    tokens = s.pop("tokens")
+    torch.manual_seed(0)
+    ours = MoEFeedForward(**s, aux_loss_coef=0.0).to(device)
+    x = torch.randn(1, tokens, s["d_model"], device=device)
+    grad = torch.randn_like(x)
+    layers = {}
+    for mode in ("grouped", "sorted"):
+        layer = MoEFeedForward(**s, aux_loss_coef=0.0, dispatch=mode).to(device)
+        layer.load_state_dict(ours.state_dict())
+        layers[f"lib.moe ({mode})"] = layer
+    for impl in ("eager", "grouped_mm"):
+        layers[f"Mixtral ({impl})"] = to_hf_mixtral_block(ours, experts_implementation=impl).to(device)
+
+    def fwd_bwd(layer):
+        def fn():
+            xi = x.detach().requires_grad_(True)
+            layer(xi).backward(grad)
+        return fn
+
+    # What a ParameterList layout would add: stack E matrices x 3 per forward, split grads back.
+    mats = [torch.randn(s["d_ff"], s["d_model"], device=device, requires_grad=True)
+            for _ in range(3 * s["n_experts"])]
+
+    def stack_cost():
+        stacked = [torch.stack(mats[i::3]) for i in range(3)]
+        torch.autograd.backward(stacked, [torch.ones_like(t) for t in stacked])
+
+    fns = {name: fwd_bwd(layer) for name, layer in layers.items()}
+    fns["stack 3 x E expert matrices"] = stack_cost
+    secs = _time(fns, repeats, steps, device)
+    return {name: tokens / t for name, t in secs.items() if not name.startswith("stack")} | {
+        "stack_fraction": secs["stack 3 x E expert matrices"] / secs["lib.moe (grouped)"]}
+
+
+def optimizer_step_time(repeats: int, steps: int, device) -> dict[str, float]:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=4, max_seq_len=64, mlp="moe",
+                         moe={"n_experts": 8, "top_k": 2})
+    model = Transformer(config).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    setups = {
+        "AdamW only": build_optimizers(model, kind="adamw", lr=1e-3)[0],
+        "Muon (fp32 NS) + AdamW": build_optimizers(model, kind="muon", lr=1e-3, ns_dtype=torch.float32)[0],
+        "Muon (bf16 NS) + AdamW": build_optimizers(model, kind="muon", lr=1e-3, ns_dtype=torch.bfloat16)[0],
+    }
+
+    def stepper(opts):
+        def fn():
+            for opt in opts:
+                opt.step()
+        return fn
+
+    secs = _time({k: stepper(v) for k, v in setups.items()}, repeats, steps, device)
+    secs["params"] = model.num_params()
+    return secs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape, repeats, steps = ("tiny", 5, 3) if args.quick else ("small", 7, 5)
+    res = layer_throughput(shape, repeats, steps, device)
+    print(f"MoE layer forward+backward, shape={shape} {SHAPES[shape]} device={device} "
+          f"threads={torch.get_num_threads()} (median of {repeats} interleaved repeats)")
+    print(f"{'layer':<26}{'tokens/s':>12}{'vs Mixtral eager':>18}")
+    for name, tps in res.items():
+        if name != "stack_fraction":
+            print(f"{name:<26}{tps:>12,.0f}{tps / res['Mixtral (eager)']:>17.2f}x")
+    best_hf = max(res["Mixtral (eager)"], res["Mixtral (grouped_mm)"])
+    print(f"ratio lib.moe (grouped) / Mixtral eager: {res['lib.moe (grouped)'] / res['Mixtral (eager)']:.2f}x "
+          f"(target >= 1.5x on CPU); / best Mixtral: {res['lib.moe (grouped)'] / best_hf:.2f}x")
+    print(f"a ParameterList layout would add {res['stack_fraction']:.0%} of the grouped layer's "
+          "fwd+bwd time (stacking experts per forward)")
+    opt = optimizer_step_time(repeats, 2 if args.quick else steps, device)
+    print(f"\noptimizer step, MoE transformer with {opt.pop('params'):,} params (8 experts, 2 layers)")
+    print(f"{'optimizers':<26}{'ms/step':>10}{'vs AdamW':>10}")
+    for name, secs in opt.items():
+        print(f"{name:<26}{secs * 1e3:>10.2f}{secs / opt['AdamW only']:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
