@@ -29,6 +29,7 @@ from lib.runtime import pick_device
 SHAPES = {
     "small": dict(d_model=256, d_ff=512, n_experts=8, top_k=2, tokens=2048),
     "tiny": dict(d_model=128, d_ff=256, n_experts=8, top_k=2, tokens=1024),
+    "study": dict(d_model=64, d_ff=64, n_experts=4, top_k=2, tokens=512),  # notebook 04's quick model
 }
 
 
@@ -116,6 +117,7 @@ def optimizer_step_time(repeats: int, steps: int, device) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="layer shape (default by --quick)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -123,6 +125,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shape, repeats, steps = ("tiny", 5, 3) if args.quick else ("small", 7, 5)
+    shape = args.shape or shape
     res = layer_throughput(shape, repeats, steps, device)
     print(f"MoE layer forward+backward, shape={shape} {SHAPES[shape]} device={device} "
           f"threads={torch.get_num_threads()} (median of {repeats} interleaved repeats)")

@@ -235,7 +235,8 @@ class MoEFeedForward(nn.Module):
             out = self._experts_dense(h, experts, weights)
         else:
             order = torch.argsort(flat, stable=True)                      # slots sorted by expert
-            ys = self._experts_sorted(h[order // k], counts, grouped=mode == "grouped")
+            token_of_slot = torch.arange(n, device=h.device).repeat_interleave(k)  # cheaper than // k
+            ys = self._experts_sorted(h[token_of_slot[order]], counts, grouped=mode == "grouped")
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel(), device=order.device)
             ys = ys[inverse].view(n, k, self.d_model)                     # back to slot order
@@ -257,7 +258,7 @@ class MoEFeedForward(nn.Module):
         self.aux_loss = aux
         with torch.no_grad():
             capacity = counts.sum() / e                                   # capacity factor 1
-            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean()
+            entropy = torch.special.entr(probs).sum(-1).mean()
             self.last_stats = {
                 "load": load, "max_load_ratio": load.max() * e,
                 "load_cv": load.std(unbiased=False) * e,
