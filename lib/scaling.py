@@ -10,8 +10,9 @@ floating-point operations, times in seconds.
 - ``count_params(config)``: the analytic parameter count of ``lib.models.Transformer``.
 - ``shape_for_params`` / ``plan_sweep``: an IsoFLOP plan with real shapes and real counts,
   wall-time estimates, and infeasible entries reported with a reason.
-- ``run_isoflop_sweep`` (see ``lib.scaling_sweep``-free helpers below): train each entry for
-  exactly its token budget with ``lib.train`` and record its held-out loss in ``lib.runs``.
+- ``run_isoflop_sweep``: train each entry for exactly its token budget with ``lib.train`` (a
+  warm-up-cosine schedule fitted to its own length) and record its held-out loss in a
+  ``lib.runs`` store, resumably; ``plot_isoflop_curves`` draws the result.
 
 The fits (Approaches 2 and 3, closed-form allocation, Chinchilla tables) live in
 ``lib.scaling_fit`` and are re-exported here.
@@ -437,6 +438,7 @@ def plot_isoflop_curves(runs: pd.DataFrame, fit: IsoFLOPFit | None = None, ax=No
         v = fit.vertices
         ax.plot(v["n_opt"], v["loss_min"], "k*", ms=11, label="parabola vertex N*(C)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on short ranges
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"{loss} (nats/token)")
     ax.legend(fontsize=8)
