@@ -65,7 +65,11 @@ def alibi_attention_forward(module, query, key, value, attention_mask, scaling=N
 
 def _register_alibi() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+        eager_mask,
+    )
 
     AttentionInterface.register(ALIBI_ATTENTION, alibi_attention_forward)
     if ALIBI_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
