@@ -120,8 +120,8 @@ def measure_construction(repeats: int = 2000) -> pd.DataFrame:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     for total in (10**3, 10**9):
         for what, make in {
-            "CosinePlateau(...)": lambda: S.CosinePlateau(total, total // 10, 0.1, [(0.3, 0.2)]),
-            "attach(opt, WarmupCosine(...))": lambda: S.attach(opt, S.WarmupCosine(total, total // 10)),
+            "CosinePlateau(...)": lambda total=total: S.CosinePlateau(total, total // 10, 0.1, [(0.3, 0.2)]),
+            "attach(opt, WarmupCosine(...))": lambda total=total: S.attach(opt, S.WarmupCosine(total, total // 10)),
         }.items():
             times = []
             for _ in range(repeats):

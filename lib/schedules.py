@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "Schedule", "CosinePlateau", "WarmupCosine", "WSD", "WarmupLinear", "InverseSqrt",
-    "Constant", "CosineRestarts", "SCHEDULES", "build", "attach", "ScheduledLR",
+    "Constant", "CosineRestarts", "SCHEDULES", "build", "attach", "ScheduledLR",  # noqa: F822 (lazy, see __getattr__)
 ]
 
 
