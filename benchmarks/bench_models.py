@@ -10,11 +10,14 @@ and the ratio ours / Llama (target >= 1.2x on CPU), and the memory one training 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
+if __package__ in (None, ""):  # run as a script: python benchmarks/bench_models.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import paired_ratio, paired_times, record
 from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
 from lib.runtime import autocast, pick_device
 
@@ -50,22 +53,21 @@ def step_fn(model, which, x, device):
 
 
 def throughput(shape: str, batch: int, repeats: int, steps: int, device) -> dict:
+    """tokens/s of each model, the paired speed-up ours/llama, and each model's kernel floor
+    (its GEMM and attention kernels replayed alone: ``benchmarks.common.KernelFloor``)."""
     config = ModelConfig(**SHAPES[shape])
     x = torch.randint(0, config.vocab_size, (batch, config.max_seq_len), device=device)
     fns = {w: step_fn(build(w, config, device), w, x, device) for w in ("ours", "llama")}
-    for fn in fns.values():  # warm-up (allocator, kernels)
-        fn(), fn()
-    times = {w: [] for w in fns}
-    for _ in range(repeats):  # interleaved so drift hits both equally
-        for w, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[w].append((time.perf_counter() - t0) / steps)
+    times = paired_times(fns, repeats, steps, device)
     tokens = batch * config.max_seq_len
-    out = {w: tokens / statistics.median(t) for w, t in times.items()}
-    out["ratio"] = out["ours"] / out["llama"]
+    out = {w: tokens / (sum(t) / len(t)) for w, t in times.items()}
+    out["ratio"] = paired_ratio(times, "ours", "llama")
     out["params"] = Transformer(config).num_params()
+    out["step_s"] = {w: sorted(t)[len(t) // 2] for w, t in times.items()}
+    out["floor"] = {}
+    for w, fn in fns.items():
+        floor = record(fn)
+        out["floor"][w] = (floor.replay_seconds(repeats=repeats, device=device), floor.gemm_flops)
     return out
 
 
@@ -105,13 +107,18 @@ def main(argv=None) -> None:
     res = throughput(shape, batch, repeats, steps, device)
     mem = {w: step_memory(w, shape, batch, device) for w in ("ours", "llama")}
     print(f"shape={shape} {SHAPES[shape]} batch={batch} params={res['params']:,} device={device} "
-          f"threads={torch.get_num_threads()}  (median of {repeats} interleaved repeats)")
-    print(f"{'model':<28}{'tokens/s':>12}{'step MiB':>12}")
-    print(f"{'lib.models.Transformer':<28}{res['ours']:>12,.0f}{mem['ours']:>12.1f}")
-    print(f"{'transformers Llama (sdpa)':<28}{res['llama']:>12,.0f}{mem['llama']:>12.1f}")
-    print(f"throughput ratio ours/llama: {res['ratio']:.2f}x (target >= 1.2x on CPU)")
+          f"threads={torch.get_num_threads()}  ({repeats} interleaved repeats of {steps} steps)")
+    print(f"{'model':<28}{'tokens/s':>10}{'ms/step':>10}{'floor ms':>10}{'GEMM GF/s':>11}{'step MiB':>10}")
+    for w, name in (("ours", "lib.models.Transformer"), ("llama", "transformers Llama (sdpa)")):
+        floor_s, flops = res["floor"][w]
+        print(f"{name:<28}{res[w]:>10,.0f}{res['step_s'][w] * 1e3:>10.1f}{floor_s * 1e3:>10.1f}"
+              f"{flops / floor_s / 1e9:>11.1f}{mem[w]:>10.1f}")
+    med, lo, hi = res["ratio"]
+    print(f"throughput ratio ours/llama: {med:.2f}x (per-repeat range {lo:.2f}-{hi:.2f}; target >= 1.2x on CPU)")
+    ceiling = res["step_s"]["llama"] / res["floor"]["ours"][0]
+    print(f"kernel floor: GEMM + attention kernels alone take {res['floor']['ours'][0] / res['step_s']['ours']:.0%} "
+          f"of our step; any implementation launching them can be at most {ceiling:.2f}x Llama here")
     print(f"step-memory ratio ours/llama: {mem['ours'] / max(mem['llama'], 1e-9):.2f}x")
-
 
 if __name__ == "__main__":
     main()

@@ -67,7 +67,8 @@ class PositionalEncoding(nn.Module):
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         return x
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Rotate queries/keys [B, H, T, D]; ``positions`` None means 0..T-1."""
         return q, k
 
     def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor | None:
@@ -142,16 +143,19 @@ class RotaryEncoding(PositionalEncoding):
         half = self.head_dim // 2
         return cos[..., :half].double().numpy() + 1j * sin[..., :half].double().numpy()
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        t = positions.shape[-1]
-        if self.cache_ok and positions.dim() == 1:
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``positions`` [T] or [B, T] integer positions; None means 0..T-1 (no host sync)."""
+        t = q.shape[-2] if positions is None else positions.shape[-1]
+        if self.cache_ok and (positions is None or positions.dim() == 1):
             cache = self._cache
             if cache is None or cache[0] < t or cache[1] != q.device:
                 n = max(t, self.max_seq_len)
                 cos, sin = self.cos_sin(torch.arange(n, device=q.device))
                 self._cache = cache = (n, q.device, cos, sin)
-            if t <= cache[0] and bool((positions == torch.arange(t, device=positions.device)).all()):
+            if positions is None or bool((positions == torch.arange(t, device=positions.device)).all()):
                 return apply_rotary(q, k, cache[2][:t], cache[3][:t])
+        if positions is None:
+            positions = torch.arange(t, device=q.device)
         cos, sin = self.cos_sin(positions)
         return apply_rotary(q, k, cos, sin)
 

@@ -154,7 +154,7 @@ class Attention(nn.Module):
         self.capture = False  # when True, eager attention keeps its probabilities here:
         self.last_probs: Tensor | None = None
 
-    def forward(self, x: Tensor, positions: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -203,7 +203,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP_REGISTRY[config.mlp](config)
 
-    def forward(self, x: Tensor, positions: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.attn_norm(x), positions, bias)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -246,7 +246,8 @@ class Transformer(nn.Module):
         if bias is not None:
             bias = bias + _causal_mask(t, idx.device, bias.dtype)
         for i, block in enumerate(self.blocks):
-            x = self.encoding.block_hook(i, block(x, positions, bias))
+            # positions=None: rotary encodings use their cached 0..T-1 table (no per-layer check).
+            x = self.encoding.block_hook(i, block(x, None, bias))
         logits = self.head(self.norm(x))
         if targets is None:
             return ModelOutput(logits=logits)

@@ -150,7 +150,8 @@ class MoEFeedForward(nn.Module):
         # Selection-only bias of aux-loss-free balancing: a buffer, never a parameter.
         self.register_buffer("expert_bias", torch.zeros(n_experts), persistent=True)
         self.aux_loss: Tensor = torch.zeros(())
-        self.last_stats: dict[str, Tensor] = {}
+        self._stats_inputs: tuple[Tensor, Tensor, Tensor] | None = None
+        self._stats: dict[str, Tensor] | None = None
         self.reset_parameters(init_std)
 
     def reset_parameters(self, init_std: float = 0.02) -> None:
@@ -226,7 +227,7 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
         shape = x.shape
         h = x.reshape(-1, self.d_model)
-        n, k = h.shape[0], self.top_k
+        n = h.shape[0]
         logits, probs, experts, weights = self.route(h)
         flat = experts.reshape(-1)                                        # [N k] slot -> expert
         counts = torch.bincount(flat, minlength=self.n_experts)
@@ -234,41 +235,60 @@ class MoEFeedForward(nn.Module):
         if mode == "dense":
             out = self._experts_dense(h, experts, weights)
         else:
-            order = torch.argsort(flat, stable=True)                      # slots sorted by expert
-            token_of_slot = torch.arange(n, device=h.device).repeat_interleave(k)  # cheaper than // k
-            ys = self._experts_sorted(h[token_of_slot[order]], counts, grouped=mode == "grouped")
-            inverse = torch.empty_like(order)
-            inverse[order] = torch.arange(order.numel(), device=order.device)
-            ys = ys[inverse].view(n, k, self.d_model)                     # back to slot order
-            out = (ys * weights.unsqueeze(-1).to(ys.dtype)).sum(dim=1)
+            # Slots sorted by expert; slot s belongs to token s // k. Gather rows with
+            # index_select and scatter the weighted expert outputs back with index_add (their
+            # backward passes are each other: no [N k, d] permutation in either direction).
+            order = torch.argsort(flat, stable=True)
+            token = order.div(self.top_k, rounding_mode="floor")
+            ys = self._experts_sorted(h.index_select(0, token), counts, grouped=mode == "grouped")
+            ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
+            out = ys.new_zeros(n, self.d_model).index_add_(0, token, ys)
         if self.shared_expert:
             act = F.silu(h @ self.shared_w_gate.t()) * (h @ self.shared_w_up.t())
             out = out + act @ self.shared_w_down.t()
-        self._losses_and_stats(logits, probs, counts)
+        self._losses(logits, probs, counts)
         return out.to(x.dtype).reshape(shape)
 
-    def _losses_and_stats(self, logits: Tensor, probs: Tensor, counts: Tensor) -> None:
+    def _losses(self, logits: Tensor, probs: Tensor, counts: Tensor) -> None:
+        """Weighted auxiliary losses (only those with a non-zero coefficient are computed), the
+        aux-free bias update, and the inputs of ``last_stats`` (computed when first read)."""
         e = self.n_experts
-        load = counts.float() / counts.sum().clamp(min=1)                 # f_i, sums to 1
-        balance = e * torch.sum(load * probs.mean(dim=0))
-        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
-        aux = self.aux_loss_coef * balance if self.aux_loss_coef else balance.new_zeros(())
+        aux = None
+        if self.aux_loss_coef:
+            load = counts.float() / counts.sum().clamp(min=1)             # f_i, sums to 1
+            aux = self.aux_loss_coef * e * torch.sum(load * probs.mean(dim=0))
         if self.z_loss_coef:
-            aux = aux + self.z_loss_coef * z_loss
-        self.aux_loss = aux
-        with torch.no_grad():
-            capacity = counts.sum() / e                                   # capacity factor 1
-            entropy = torch.special.entr(probs).sum(-1).mean()
-            self.last_stats = {
-                "load": load, "max_load_ratio": load.max() * e,
-                "load_cv": load.std(unbiased=False) * e,
-                "router_entropy": entropy, "dropped_share": torch.zeros((), device=load.device),
-                "overflow_share": (counts - capacity).clamp(min=0).sum() / counts.sum().clamp(min=1),
-                "balance_loss": balance.detach(), "z_loss": z_loss.detach(),
-            }
-            if self.aux_free_bias and self.training:
+            z = self.z_loss_coef * torch.logsumexp(logits, dim=-1).square().mean()
+            aux = z if aux is None else aux + z
+        self.aux_loss = aux if aux is not None else torch.zeros((), device=logits.device)
+        if self.aux_free_bias and self.training:
+            with torch.no_grad():
                 # DeepSeek-V3: raise the bias of under-loaded experts, lower over-loaded ones.
+                load = counts.float() / counts.sum().clamp(min=1)
                 self.expert_bias += self.bias_update_rate * torch.sign(1.0 / e - load)
+        self._stats_inputs = (logits.detach(), probs.detach(), counts)
+        self._stats = None
+
+    @property
+    def last_stats(self) -> dict[str, Tensor]:
+        """Routing statistics of the last forward (see the class docstring); computed on first
+        access, so a training step that never reads them does not pay for them."""
+        if self._stats is None and self._stats_inputs is not None:
+            logits, probs, counts = self._stats_inputs
+            e = self.n_experts
+            with torch.no_grad():
+                load = counts.float() / counts.sum().clamp(min=1)
+                capacity = counts.sum() / e                               # capacity factor 1
+                self._stats = {
+                    "load": load, "max_load_ratio": load.max() * e,
+                    "load_cv": load.std(unbiased=False) * e,
+                    "router_entropy": torch.special.entr(probs).sum(-1).mean(),
+                    "dropped_share": torch.zeros((), device=load.device),
+                    "overflow_share": (counts - capacity).clamp(min=0).sum() / counts.sum().clamp(min=1),
+                    "balance_loss": e * torch.sum(load * probs.mean(dim=0)),
+                    "z_loss": torch.logsumexp(logits, dim=-1).square().mean(),
+                }
+        return self._stats or {}
 
 
 def moe_layers(model: nn.Module) -> list[MoEFeedForward]:

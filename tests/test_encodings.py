@@ -94,6 +94,15 @@ def test_partial_rotary_matches_transformers_partial_factor():
     assert torch.equal(q2[..., passthrough], q[..., passthrough])
 
 
+@pytest.mark.parametrize("name", ["rope", "rope_dynamic", "yarn", "none"])
+def test_rotate_without_positions_means_zero_to_t(name):
+    """positions=None (the model's no-host-sync fast path) is exactly positions 0..T-1."""
+    enc = build_encoding(name, **DIMS)
+    q, k = torch.randn(2, N_HEADS, 40, HEAD_DIM), torch.randn(2, N_HEADS, 40, HEAD_DIM)
+    for got, want in zip(enc.rotate(q, k, None), enc.rotate(q, k, torch.arange(40)), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_rope_apply_matches_transformers_and_is_relative():
     enc = build_encoding("rope", **DIMS)
     q, k = torch.randn(2, N_HEADS, 50, HEAD_DIM), torch.randn(2, N_HEADS, 50, HEAD_DIM)

@@ -1,0 +1,143 @@
+"""Shared measurement helpers for the benchmarks: paired timing and the kernel floor.
+
+- ``paired_times`` runs competing functions interleaved, repeat after repeat, so drift on a
+  shared machine hits all of them alike; ``paired_ratio`` summarises one pair as the median of
+  the per-repeat ratios with their spread (min..max), not a ratio of two medians.
+- ``KernelFloor`` records the heavy kernels (matrix multiplies and fused attention) one call
+  of a function launches, forward and backward, through a ``TorchDispatchMode``, and replays
+  exactly those calls with the same tensors. The replay's time is the floor of any
+  implementation that launches the same kernels: everything else (element-wise ops, indexing,
+  allocation, Python) is what an implementation can still win on. ``ceiling = peer time /
+  our floor`` bounds the speed-up over a peer that the same arithmetic allows on this machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+# Kernels whose cost is arithmetic, not overhead: GEMMs and fused attention (CPU and CUDA).
+HEAVY_PACKETS = {
+    aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._grouped_mm,
+    aten._scaled_dot_product_flash_attention_for_cpu,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    aten._scaled_dot_product_flash_attention, aten._scaled_dot_product_flash_attention_backward,
+    aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_efficient_attention_backward,
+    aten._scaled_dot_product_cudnn_attention, aten._scaled_dot_product_cudnn_attention_backward,
+}
+GEMM_PACKETS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._grouped_mm}
+
+
+def sync(device: torch.device | str | None = None) -> None:
+    if torch.device(device or "cpu").type == "cuda":
+        torch.cuda.synchronize()
+
+
+def paired_times(fns: dict[str, Callable[[], object]], repeats: int, steps: int,
+                 device: torch.device | str | None = None, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each function, one entry per repeat; functions run interleaved."""
+    if repeats < 1 or steps < 1:
+        raise ValueError(f"repeats and steps must be >= 1, got {repeats}, {steps}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            sync(device)
+            times[k].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], faster: str, slower: str) -> tuple[float, float, float]:
+    """Speed-up of ``faster`` over ``slower`` (time_slower / time_faster) per repeat:
+    (median, min, max)."""
+    ratios = [s / f for f, s in zip(times[faster], times[slower], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+class KernelFloor(TorchDispatchMode):
+    """Record the heavy kernel calls (``HEAVY_PACKETS``) a function makes, then replay them.
+
+    >>> with KernelFloor() as floor:
+    ...     step()
+    >>> floor.gemm_flops, floor.replay_seconds()
+
+    Arguments are kept by reference (the replay reuses the very tensors, so shapes, strides
+    and dtypes are those of the real call). Works through autograd's backward, which runs on
+    the calling thread's dispatch state.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.overloadpacket in HEAVY_PACKETS:
+            detach = lambda a: a.detach() if isinstance(a, torch.Tensor) else a  # noqa: E731
+            self.calls.append((func, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()}))
+        return out
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for func, _, _ in self.calls:
+            out[func.overloadpacket.__name__] = out.get(func.overloadpacket.__name__, 0) + 1
+        return out
+
+    @property
+    def gemm_flops(self) -> int:
+        """2 m n k summed over the recorded GEMMs (grouped GEMMs: over their groups)."""
+        total = 0
+        for func, args, kwargs in self.calls:
+            packet = func.overloadpacket
+            if packet not in GEMM_PACKETS:
+                continue
+            a, b = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
+            if packet is aten._grouped_mm:
+                # 2-D x 3-D (rows grouped by offsets) or 2-D x 2-D (the reduction dim grouped):
+                # either way every output element of every group costs 2 x (shared dim).
+                if b.dim() == 3:
+                    total += 2 * a.shape[0] * a.shape[1] * b.shape[2]
+                else:
+                    total += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+            else:
+                batch = a.shape[0] if a.dim() == 3 else 1
+                total += 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+        return total
+
+    @torch.no_grad()
+    def replay(self) -> None:
+        for func, args, kwargs in self.calls:
+            func(*args, **kwargs)
+
+    def replay_seconds(self, repeats: int = 5, device: torch.device | str | None = None) -> float:
+        """Median seconds of one replay of every recorded call."""
+        self.replay()
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            self.replay()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def record(fn: Callable[[], object]) -> KernelFloor:
+    """Run ``fn`` once under a ``KernelFloor`` and return the recorder."""
+    with KernelFloor() as floor:
+        fn()
+    return floor
