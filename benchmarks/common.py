@@ -101,7 +101,7 @@ class KernelFloor(TorchDispatchMode):
     def gemm_flops(self) -> int:
         """2 m n k summed over the recorded GEMMs (grouped GEMMs: over their groups)."""
         total = 0
-        for func, args, kwargs in self.calls:
+        for func, args, _ in self.calls:
             packet = func.overloadpacket
             if packet not in GEMM_PACKETS:
                 continue
