@@ -92,7 +92,11 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]
     cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    # rotate_half(x) * sin == x.roll(h) * [-sin_1, sin_2] bitwise (a sign flip is exact), and a
+    # roll is one copy forward and backward where rotate_half is a neg plus a cat each way.
+    h = q.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
+    return q * cos + q.roll(h, dims=-1) * signed_sin, k * cos + k.roll(h, dims=-1) * signed_sin
 
 
 @register("none")

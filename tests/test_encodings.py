@@ -13,7 +13,7 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from lib.encodings import ENCODINGS, alibi_slopes, build_encoding
+from lib.encodings import ENCODINGS, alibi_slopes, apply_rotary, build_encoding
 from lib.hf_adapter import apply_to_hf, tiny_llama
 
 HEAD_DIM, N_HEADS, L0 = 32, 4, 256
@@ -101,6 +101,29 @@ def test_rotate_without_positions_means_zero_to_t(name):
     q, k = torch.randn(2, N_HEADS, 40, HEAD_DIM), torch.randn(2, N_HEADS, 40, HEAD_DIM)
     for got, want in zip(enc.rotate(q, k, None), enc.rotate(q, k, torch.arange(40)), strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("batched_angles", [False, True])
+def test_apply_rotary_equals_transformers_formula_bitwise(batched_angles):
+    """Our roll-based rotation is transformers' ``apply_rotary_pos_emb`` bit for bit, forward
+    and backward, for per-position and per-sequence cos/sin and strided (fused-QKV) inputs."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 3 * N_HEADS * HEAD_DIM, requires_grad=True)
+    cos, sin = torch.randn(2, 9, HEAD_DIM), torch.randn(2, 9, HEAD_DIM)
+    if not batched_angles:
+        cos, sin = cos[0], sin[0]
+    grads = torch.randn(2, 2, N_HEADS, 9, HEAD_DIM)
+    results = []
+    for fn in (apply_rotary, lambda q, k, c, s: apply_rotary_pos_emb(q, k, c if c.dim() == 3 else c[None],
+                                                                     s if s.dim() == 3 else s[None])):
+        qkv.grad = None
+        q, k, _ = qkv.split(N_HEADS * HEAD_DIM, dim=-1)
+        q, k = (z.view(2, 9, N_HEADS, HEAD_DIM).transpose(1, 2) for z in (q, k))
+        out = fn(q, k, cos, sin)
+        torch.autograd.backward(out, list(grads))
+        results.append((*out, qkv.grad.clone()))
+    for ours, theirs in zip(*results, strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_rope_apply_matches_transformers_and_is_relative():

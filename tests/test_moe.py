@@ -33,13 +33,35 @@ def test_dispatch_paths_agree_forward_and_backward(shared):
     layer = _layer(shared_expert=shared, z_loss_coef=1e-3)
     x = torch.randn(3, 7, D)
     ref_out, ref_gx, ref_g = _grads(layer, x, "dense")
-    modes = ["sorted"] + (["grouped"] if grouped_mm_available("cpu") else [])
+    modes = ["sorted", "padded"] + (["grouped"] if grouped_mm_available("cpu") else [])
     for mode in modes:
         out, gx, g = _grads(layer, x, mode)
         torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(gx, ref_gx, rtol=1e-4, atol=1e-5)
         for name in ref_g:
             torch.testing.assert_close(g[name], ref_g[name], rtol=1e-4, atol=1e-5, msg=f"{mode} {name}")
+
+
+def test_auto_pads_only_balanced_routing():
+    """auto on CPU: padded bmm while padding wastes <= PAD_SLACK of the rows, else grouped/sorted;
+    the padded path equals the sorted one bitwise-close on both, idle experts included."""
+    layer = _layer(n_experts=4, top_k=1)
+    with torch.no_grad():
+        layer.router.weight.copy_(torch.eye(4, D) * 10)
+    x = torch.zeros(1, 8, D)
+    x[0, torch.arange(8), torch.arange(8) % 4] = 1.0  # 2 tokens per expert: perfectly balanced
+    out = layer(x)
+    assert layer.last_dispatch == "padded"
+    layer.dispatch = "sorted"
+    torch.testing.assert_close(out, layer(x), rtol=1e-6, atol=1e-7)
+    layer.dispatch = "auto"
+    x[0, :, :] = 0
+    x[0, :, 0] = 1.0  # every token to expert 0: padding would be 4x the rows
+    out = layer(x)
+    assert layer.last_dispatch in ("grouped", "sorted")
+    layer.dispatch = "padded"  # forced: still correct, idle experts are all-zero rows
+    torch.testing.assert_close(layer(x), out, rtol=1e-6, atol=1e-7)
+    assert layer.last_dispatch == "padded"
 
 
 def test_grouped_handles_idle_experts_and_bf16():
