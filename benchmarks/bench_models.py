@@ -71,6 +71,22 @@ def throughput(shape: str, batch: int, repeats: int, steps: int, device) -> dict
     return out
 
 
+def compiled_throughput(shape: str, batch: int, repeats: int, steps: int, device) -> dict:
+    """Both models through ``torch.compile`` (and Llama eager as the reference), paired:
+    seconds per step (median) and the speed-ups ours-compiled / Llama-compiled and
+    ours-compiled / Llama-eager."""
+    config = ModelConfig(**SHAPES[shape])
+    x = torch.randint(0, config.vocab_size, (batch, config.max_seq_len), device=device)
+    fns = {"ours compiled": step_fn(torch.compile(build("ours", config, device)), "ours", x, device),
+           "llama compiled": step_fn(torch.compile(build("llama", config, device)), "llama", x, device),
+           "llama eager": step_fn(build("llama", config, device), "llama", x, device)}
+    times = paired_times(fns, repeats, steps, device, warmup=3)  # the first calls compile
+    out = {k: sorted(t)[len(t) // 2] for k, t in times.items()}
+    out["vs compiled"] = paired_ratio(times, "ours compiled", "llama compiled")
+    out["vs eager"] = paired_ratio(times, "ours compiled", "llama eager")
+    return out
+
+
 def step_memory(which: str, shape: str, batch: int, device) -> float:
     """Memory (MiB) one training step holds: on CUDA the allocator's peak; on CPU the tensors
     autograd saves for backward (deduplicated by storage) plus parameters, gradients and AdamW
@@ -101,6 +117,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="also compare both models under torch.compile (needs a C++ compiler on CPU; slow to start)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     shape, batch, repeats, steps = ("tiny", 8, 5, 3) if args.quick else ("small", 8, 7, 3)
@@ -119,6 +137,13 @@ def main(argv=None) -> None:
     print(f"kernel floor: GEMM + attention kernels alone take {res['floor']['ours'][0] / res['step_s']['ours']:.0%} "
           f"of our step; any implementation launching them can be at most {ceiling:.2f}x Llama here")
     print(f"step-memory ratio ours/llama: {mem['ours'] / max(mem['llama'], 1e-9):.2f}x")
+    if args.compile:
+        comp = compiled_throughput(shape, batch, repeats, steps, device)
+        print("\ntorch.compile (both models; median ms/step):  " + ",  ".join(
+            f"{k} {comp[k] * 1e3:.1f}" for k in ("ours compiled", "llama compiled", "llama eager")))
+        for key in ("vs compiled", "vs eager"):
+            med, lo, hi = comp[key]
+            print(f"ours compiled / llama {key.split()[1]}: {med:.2f}x (per-repeat {lo:.2f}-{hi:.2f})")
 
 if __name__ == "__main__":
     main()

@@ -157,3 +157,18 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which(os.environ.get("CXX", "g++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_follows_eager():
+    """compile=True trains the same model to the same losses (fused kernels round differently,
+    so not bitwise) and leaves the returned module uncompiled with the same state_dict keys."""
+    data = ToyData()
+    eager = train(model(), data, config(steps=4, eval_batches=1))
+    compiled = train(model(), data, config(steps=4, eval_batches=1, compile=True))
+    np.testing.assert_allclose(compiled.history["loss"], eager.history["loss"], rtol=1e-4)
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    with pytest.raises(ValueError, match="compile"):
+        config(compile="yes")
