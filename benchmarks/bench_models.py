@@ -119,9 +119,12 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--compile", action="store_true",
                         help="also compare both models under torch.compile (needs a C++ compiler on CPU; slow to start)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats (default 7, --quick 5); more on a shared machine")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     shape, batch, repeats, steps = ("tiny", 8, 5, 3) if args.quick else ("small", 8, 7, 3)
+    repeats = args.repeats or repeats
     res = throughput(shape, batch, repeats, steps, device)
     mem = {w: step_memory(w, shape, batch, device) for w in ("ours", "llama")}
     print(f"shape={shape} {SHAPES[shape]} batch={batch} params={res['params']:,} device={device} "

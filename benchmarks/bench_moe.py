@@ -119,12 +119,16 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="layer shape (default by --quick)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-optimizer", action="store_true", help="skip the optimizer-step comparison")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats (default 7, --quick 5); more on a shared machine")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     shape, repeats, steps = ("tiny", 5, 3) if args.quick else ("small", 7, 5)
     shape = args.shape or shape
+    repeats = args.repeats or repeats
     res = layer_throughput(shape, repeats, steps, device)
     print(f"MoE layer forward+backward, shape={shape} {SHAPES[shape]} device={device} "
           f"threads={torch.get_num_threads()} (median of {repeats} interleaved repeats)")
@@ -141,7 +145,9 @@ def main(argv=None) -> None:
           f"bound on a dropless grouped layer vs Mixtral eager: {res['eager_s'] / res['floor_s']:.2f}x")
     print(f"a ParameterList layout would add {res['stack_fraction']:.0%} of the grouped layer's "
           "fwd+bwd time (stacking experts per forward)")
-    opt = optimizer_step_time(repeats, 2 if args.quick else steps, device)
+    if args.no_optimizer:
+        return
+    opt = optimizer_step_time(min(repeats, 7), 2 if args.quick else steps, device)
     print(f"\noptimizer step, MoE transformer with {opt.pop('params'):,} params (8 experts, 2 layers)")
     print(f"{'optimizers':<26}{'ms/step':>10}{'vs AdamW':>10}")
     for name, secs in opt.items():

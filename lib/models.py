@@ -23,8 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lib.encodings import PositionalEncoding, build_encoding
+from lib.losses import linear_cross_entropy
 
 ATTN_IMPLS = ("sdpa", "flash", "eager")
+LOSS_IMPLS = ("auto", "chunked", "full")
+# "auto" trains with the chunked output loss from this many logits per step (16 MiB in fp32).
+CHUNKED_LOSS_MIN_LOGITS = 1 << 22
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -37,6 +41,12 @@ class ModelConfig:
 
     ``d_ff`` is the SwiGLU hidden width; by default 8/3 * d_model rounded up to a multiple
     of 64 (Llama's convention, which keeps the MLP at ~8 d_model^2 parameters).
+
+    ``loss_impl`` is how a forward with targets computes the language-model loss: "full"
+    materialises the [tokens, vocab] logits and calls ``F.cross_entropy``; "chunked" uses
+    ``lib.losses.linear_cross_entropy`` (same value and gradients, no logits tensor: the
+    output has ``logits=None``); "auto" (default) uses "chunked" for training forwards
+    (gradients enabled) with at least ``CHUNKED_LOSS_MIN_LOGITS`` logits and "full" otherwise.
     """
 
     vocab_size: int = 256
@@ -55,6 +65,7 @@ class ModelConfig:
     moe: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02
     attn_impl: str = "sdpa"
+    loss_impl: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -77,6 +88,8 @@ class ModelConfig:
             raise ValueError("norm_eps and init_std must be positive")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
         if self.mlp not in MLP_REGISTRY:
             raise ValueError(f"mlp must be one of {sorted(MLP_REGISTRY)}, got {self.mlp!r}")
 
@@ -92,7 +105,7 @@ class ModelConfig:
 class ModelOutput:
     """``loss`` = ``lm_loss`` + ``aux_loss`` (auxiliary losses, e.g. MoE load balancing)."""
 
-    logits: Tensor
+    logits: Tensor | None  # None when the loss was computed chunked (ModelConfig.loss_impl)
     loss: Tensor | None = None
     lm_loss: Tensor | None = None
     aux_loss: Tensor | None = None
@@ -248,12 +261,24 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             # positions=None: rotary encodings use their cached 0..T-1 table (no per-layer check).
             x = self.encoding.block_hook(i, block(x, None, bias))
-        logits = self.head(self.norm(x))
+        h = self.norm(x)
         if targets is None:
-            return ModelOutput(logits=logits)
-        lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        aux = self.aux_loss(logits.device)
+            return ModelOutput(logits=self.head(h))
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        if self._chunked_loss(targets):
+            logits, lm_loss = None, linear_cross_entropy(h, self.head.weight, targets)
+        else:
+            logits = self.head(h)
+            lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        aux = self.aux_loss(h.device)
         return ModelOutput(logits=logits, loss=lm_loss + aux, lm_loss=lm_loss, aux_loss=aux)
+
+    def _chunked_loss(self, targets: Tensor) -> bool:
+        impl = self.config.loss_impl
+        if impl == "auto":
+            return torch.is_grad_enabled() and targets.numel() * self.config.vocab_size >= CHUNKED_LOSS_MIN_LOGITS
+        return impl == "chunked"
 
     def aux_loss(self, device) -> Tensor:
         """Sum of the auxiliary losses MLP layers set on their last forward (MoE balancing)."""

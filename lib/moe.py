@@ -30,12 +30,14 @@ numbers up to float summation order (tested, forward and gradients):
 - ``"grouped"``: sort the ``N k`` (token, expert) slots by expert and run one
   ``torch._grouped_mm`` per projection (CPU kernel from torch 2.9; fp32/bf16/fp16; offsets
   int32). The default ("auto") on CUDA, and on CPU when routing is unbalanced.
-- ``"padded"``: the sorted rows copied into an [E, C, d] buffer (C = the busiest expert's row
-  count, idle rows zero) and one ``torch.bmm`` per projection. On CPU, where ``_grouped_mm`` is a
-  loop of one matmul per expert, this is 1.3-1.6x faster for balanced routing and wastes
-  ``E C / (N k) - 1`` of the FLOPs on zero rows; "auto" picks it on CPU while that waste is at
+- ``"padded"``: slots gathered straight from the tokens into an [E, C, d] buffer (C = the
+  busiest expert's slot count; a slot's row is its rank among its expert's slots, a cumulative
+  count, so no sort) and one ``torch.bmm`` per projection; each token's k outputs come back as
+  adjacent rows and are mixed by a weighted sum (no scatter). On CPU, where ``_grouped_mm`` is a
+  loop of one matmul per expert, this is faster for balanced routing and wastes
+  ``E C / (N k) - 1`` of the FLOPs on unused rows; "auto" picks it on CPU while that waste is at
   most ``PAD_SLACK`` (25%), grouped otherwise.
-- ``"sorted"``: the same sorted gather with a Python loop of per-expert matmuls.
+- ``"sorted"``: the slots sorted as for "grouped", then a Python loop of per-expert matmuls.
 - ``"dense"``: every expert on every token, combined with a dense [N, E] weight matrix.
   A reference only: E/k times the FLOPs.
 
@@ -214,17 +216,25 @@ class MoEFeedForward(nn.Module):
                 outs.append(act @ self.w_down[e].t())
         return torch.cat(outs) if outs else xs.new_zeros(0, self.d_model)
 
-    def _experts_padded(self, xs: Tensor, counts: Tensor, expert_of_row: Tensor, rows_per_expert: int) -> Tensor:
-        """SwiGLU of each expert on sorted rows ``xs`` [S, d] via one bmm per projection over an
-        [E, C, d] buffer (row r of expert e at e C + its rank within e; the rest stay zero)."""
-        e, c = self.n_experts, rows_per_expert
-        starts = torch.cumsum(counts, dim=0) - counts
-        rank = torch.arange(xs.shape[0], device=xs.device) - starts[expert_of_row]
-        dest = expert_of_row * c + rank
-        buf = xs.new_zeros(e * c, self.d_model).index_copy(0, dest, xs).view(e, c, self.d_model)
+    def _padded(self, h: Tensor, flat: Tensor, weights: Tensor, rows_per_expert: int) -> Tensor:
+        """Output [N, d] of the padded-bmm path for tokens ``h`` [N, d], slot experts ``flat``
+        [N k] (token-major) and mixing weights [N, k].
+
+        Slot s of expert e goes to row e C + (its rank among e's slots, in slot order) of an
+        [E, C, d] buffer gathered straight from ``h`` (no sort: the rank is a cumulative count).
+        Unused rows read token 0 and are never read back, so their (finite) outputs carry no
+        value and no gradient. The k outputs of each token come back in slot order, adjacent, and
+        are mixed by a weighted sum over k (no scatter)."""
+        e, c, d = self.n_experts, rows_per_expert, self.d_model
+        n, k = weights.shape
+        rank = F.one_hot(flat, e).cumsum(0).gather(1, flat.unsqueeze(1)).squeeze(1) - 1
+        dest = flat * c + rank                                            # slot -> buffer row
+        token = torch.arange(n * k, device=h.device).div(k, rounding_mode="floor")
+        src = torch.zeros(e * c, dtype=torch.long, device=h.device).index_copy_(0, dest, token)
+        buf = h.index_select(0, src).view(e, c, d)
         act = F.silu(torch.bmm(buf, self.w_gate.transpose(1, 2))) * torch.bmm(buf, self.w_up.transpose(1, 2))
-        out = torch.bmm(act, self.w_down.transpose(1, 2))
-        return out.reshape(e * c, self.d_model).index_select(0, dest)
+        ys = torch.bmm(act, self.w_down.transpose(1, 2)).view(e * c, d).index_select(0, dest)
+        return (ys.view(n, k, d) * weights.to(ys.dtype).unsqueeze(-1)).sum(dim=1)
 
     def _experts_dense(self, h: Tensor, experts: Tensor, weights: Tensor) -> Tensor:
         """Reference: all experts on all tokens, mixed by a dense [N, E] weight matrix."""
@@ -243,7 +253,7 @@ class MoEFeedForward(nn.Module):
         if mode == "auto":
             if h.device.type == "cpu":  # reading the busiest expert's count costs no sync here
                 rows = int(counts.max())
-                if self.n_experts * rows <= (1 + PAD_SLACK) * int(counts.sum()):
+                if self.n_experts * rows <= (1 + PAD_SLACK) * h.shape[0] * self.top_k:
                     return "padded", rows
             return ("grouped" if grouped_mm_available(h.device, self.w_gate.dtype) else "sorted"), 0
         return mode, int(counts.max()) if mode == "padded" else 0
@@ -263,6 +273,8 @@ class MoEFeedForward(nn.Module):
         self.last_dispatch = mode
         if mode == "dense":
             out = self._experts_dense(h, experts, weights)
+        elif mode == "padded":
+            out = self._padded(h, flat, weights, rows_per_expert)
         else:
             # Slots sorted by expert; slot s belongs to token s // k. Gather rows with
             # index_select and scatter the weighted expert outputs back with index_add (their
@@ -270,10 +282,7 @@ class MoEFeedForward(nn.Module):
             order = torch.argsort(flat, stable=True)
             token = order.div(self.top_k, rounding_mode="floor")
             xs = h.index_select(0, token)
-            if mode == "padded":
-                ys = self._experts_padded(xs, counts, flat[order], rows_per_expert)
-            else:
-                ys = self._experts_sorted(xs, counts, grouped=mode == "grouped")
+            ys = self._experts_sorted(xs, counts, grouped=mode == "grouped")
             ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
             out = ys.new_zeros(n, self.d_model).index_add_(0, token, ys)
         if self.shared_expert:

@@ -59,7 +59,7 @@ def test_auto_pads_only_balanced_routing():
     x[0, :, 0] = 1.0  # every token to expert 0: padding would be 4x the rows
     out = layer(x)
     assert layer.last_dispatch in ("grouped", "sorted")
-    layer.dispatch = "padded"  # forced: still correct, idle experts are all-zero rows
+    layer.dispatch = "padded"  # forced: still correct, idle experts' rows are never read back
     torch.testing.assert_close(layer(x), out, rtol=1e-6, atol=1e-7)
     assert layer.last_dispatch == "padded"
 
