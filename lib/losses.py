@@ -59,6 +59,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             p.scatter_add_(1, tc.unsqueeze(1), torch.full_like(target_logit, -1.0).unsqueeze(1))
             if masked:
                 p.mul_(vc.unsqueeze(1))
+            if p.dtype == hc.dtype == weight.dtype and not torch.is_autocast_enabled(h.device.type):
+                # Same dtype throughout (fp32 on CPU): write and accumulate in place, no temporaries.
+                if grad_h is not None:
+                    torch.mm(p, weight, out=grad_h[start:start + rows])
+                if grad_w is not None:
+                    grad_w.addmm_(p.t(), hc)
+                continue
             if grad_h is not None:
                 grad_h[start:start + rows] = p.to(hc.dtype) @ weight.to(hc.dtype)
             if grad_w is not None:
