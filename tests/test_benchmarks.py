@@ -1,4 +1,4 @@
-"""The benchmarks' measuring instruments: the kernel-floor recorder and paired ratios."""
+"""The benchmarks' measuring instruments (kernel-floor recorder, paired ratios) and a run of the scripts."""
 
 import pytest
 import torch
@@ -56,3 +56,17 @@ def test_paired_ratio_is_per_repeat():
     assert len(out["f"]) == 3
     with pytest.raises(ValueError, match="repeats"):
         paired_times({"f": lambda: None}, repeats=0, steps=1)
+
+
+def test_bench_scripts_run_end_to_end(capsys):
+    """The model and MoE benchmarks run through (one repeat; their timings are not asserted:
+    speed is measured by running the scripts, not in tests)."""
+    from benchmarks import bench_models, bench_moe
+
+    bench_models.main(["--quick", "--repeats", "1"])
+    bench_moe.main(["--shape", "study", "--repeats", "1", "--no-optimizer"])
+    out = capsys.readouterr().out
+    for line in ("throughput ratio ours/llama", "step-memory ratio", "speed-up lib.moe (auto",
+                 "kernel floor"):
+        assert line in out
+    assert "optimizer step" not in out  # --no-optimizer
