@@ -1,6 +1,7 @@
 """Training throughput and step memory of lib.models.Transformer vs transformers' LlamaForCausalLM.
 
 Same shapes, same run, interleaved repeats; reports tokens/s of forward + backward + AdamW step
+(``lib.train.adamw``, fused, for both models)
 and the ratio ours / Llama (target >= 1.2x on CPU), and the memory one training step holds
 (CPU: tensors saved for backward + params, grads, AdamW state; CUDA: the allocator's peak).
 
@@ -20,10 +21,13 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/bench_models
 from benchmarks.common import paired_ratio, paired_times, record
 from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
 from lib.runtime import autocast, pick_device
+from lib.train import adamw
 
 SHAPES = {
     "small": dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, max_seq_len=256),
     "tiny": dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, max_seq_len=128),
+    # The dense models notebooks 02-04 train on a CPU (04's dense baseline, 02's passkey models).
+    "notebook": dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, max_seq_len=64),
 }
 
 
@@ -38,7 +42,7 @@ def build(which: str, config: ModelConfig, device):
 
 
 def step_fn(model, which, x, device):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = adamw(model.parameters(), lr=1e-3)  # the workbench's AdamW (fused), the same for both
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -119,12 +123,14 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--compile", action="store_true",
                         help="also compare both models under torch.compile (needs a C++ compiler on CPU; slow to start)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="model shape (default by --quick)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repeats (default 7, --quick 5); more on a shared machine")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     shape, batch, repeats, steps = ("tiny", 8, 5, 3) if args.quick else ("small", 8, 7, 3)
     repeats = args.repeats or repeats
+    shape = args.shape or shape
     res = throughput(shape, batch, repeats, steps, device)
     mem = {w: step_memory(w, shape, batch, device) for w in ("ours", "llama")}
     print(f"shape={shape} {SHAPES[shape]} batch={batch} params={res['params']:,} device={device} "

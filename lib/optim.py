@@ -199,8 +199,10 @@ def build_optimizers(model: nn.Module, kind: str = "muon", lr: float = 0.02, ada
     roles = param_roles(model)
 
     def adamw(groups, peak):
+        from lib.train import adamw as fused_where_possible
+
         groups = [g for g in groups if g["params"]]
-        return torch.optim.AdamW(groups, lr=peak, betas=tuple(betas)) if groups else None
+        return fused_where_possible(groups, lr=peak, betas=tuple(betas)) if groups else None
 
     no_decay = {"params": [p for _, p in roles["adamw_no_decay"]], "weight_decay": 0.0}
     if kind == "adamw":

@@ -206,6 +206,7 @@ def measure_training_throughput(shape: dict, *, batch_size: int, device=None, st
 
     from lib.models import ModelConfig, Transformer
     from lib.runtime import autocast, pick_device
+    from lib.train import adamw
 
     device = pick_device(device) if not isinstance(device, torch.device) else device
     _positive_int("batch_size", batch_size)
@@ -213,7 +214,7 @@ def measure_training_throughput(shape: dict, *, batch_size: int, device=None, st
     torch.manual_seed(seed)
     cfg = ModelConfig(**{k: v for k, v in shape.items() if k != "n_params"})
     model = Transformer(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)  # as lib.train trains
     x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.max_seq_len), device=device)
     elapsed = 0.0
     for i in range(steps + 1):

@@ -1,5 +1,6 @@
 """lib.train: schedule per optimizer step, gradient accumulation, exact resume, divergence, DDP."""
 
+import copy
 import json
 import os
 import subprocess
@@ -172,3 +173,26 @@ def test_compiled_training_follows_eager():
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
     with pytest.raises(ValueError, match="compile"):
         config(compile="yes")
+
+
+def test_default_optimizer_is_fused_adamw_matching_the_per_tensor_loop():
+    from lib.train import adamw, default_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3))
+    reference = copy.deepcopy(model)
+    fused = default_optimizer(model, lr=1e-2)
+    loop = torch.optim.AdamW([{"params": [p for p in reference.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+                              {"params": [p for p in reference.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x = torch.randn(16, 6)
+    for _ in range(5):
+        for m, opt in ((model, fused), (reference, loop)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # An explicit foreach/fused choice is the caller's.
+    assert not adamw([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, foreach=False).defaults["fused"]
