@@ -155,6 +155,9 @@ class AttractorEncoding(PositionalEncoding):
     def rotate(self, q, k, positions):
         return self.base.rotate(q, k, positions)
 
+    def rotate_packed(self, qk, n_q_heads, positions):
+        return self.base.rotate_packed(qk, n_q_heads, positions)
+
     def attn_bias(self, t_q, t_k, device, dtype):
         return self.base.attn_bias(t_q, t_k, device, dtype)
 

@@ -5,6 +5,9 @@ default), so one attention implementation serves them all:
 
 - ``embed(x, positions)``       additive encodings, added to token embeddings [B, T, d_model]
 - ``rotate(q, k, positions)``   rotary encodings, rotating queries and keys [B, H, T, head_dim]
+  (the model calls ``rotate_packed`` on q and k packed as heads of one [B, T, Hq + Hk, head_dim]
+  tensor; by default it splits them and calls ``rotate``; the rotary base class rotates the
+  packed tensor in one pass when ``rotate`` is its own)
 - ``attn_bias(t_q, t_k, ...)``  additive attention biases [H, t_q, t_k] (ALiBi)
 - ``block_hook(i, h)``          called after block ``i`` (state-carrying variants)
 
@@ -71,6 +74,13 @@ class PositionalEncoding(nn.Module):
         """Rotate queries/keys [B, H, T, D]; ``positions`` None means 0..T-1."""
         return q, k
 
+    def rotate_packed(self, qk: Tensor, n_q_heads: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``rotate`` for queries and keys packed as heads of one tensor [B, T, Hq + Hk, D] (the
+        layout a fused QKV projection produces): returns q [B, Hq, T, D], k [B, Hk, T, D].
+        Rotary encodings rotate the packed tensor in one pass; the default splits and rotates."""
+        q, k = qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
+        return self.rotate(q, k, positions)
+
     def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor | None:
         return None
 
@@ -87,16 +97,24 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def signed_sine(sin: Tensor) -> Tensor:
+    """[-sin_1, sin_2] on the last dim: ``rotate_half(x) * sin == x.roll(D/2) * signed_sine(sin)``
+    bitwise (a sign flip is exact), and a roll is one copy forward and backward where
+    rotate_half is a neg plus a cat each way."""
+    h = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
+
+
+def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
 def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate q, k [B, H, T, D] by cos, sin [T, D] or [B, T, D] (half-split layout, as transformers)."""
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    # rotate_half(x) * sin == x.roll(h) * [-sin_1, sin_2] bitwise (a sign flip is exact), and a
-    # roll is one copy forward and backward where rotate_half is a neg plus a cat each way.
-    h = q.shape[-1] // 2
-    signed_sin = torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
-    return q * cos + q.roll(h, dims=-1) * signed_sin, k * cos + k.roll(h, dims=-1) * signed_sin
+    cos, signed_sin = cos.to(q.dtype), signed_sine(sin).to(q.dtype)
+    return _rotate(q, cos, signed_sin), _rotate(k, cos, signed_sin)
 
 
 @register("none")
@@ -123,6 +141,7 @@ class RotaryEncoding(PositionalEncoding):
         super().__init__(**dims)
         if self.head_dim % 2:
             raise ValueError(f"rotary encodings need an even head_dim, got {self.head_dim}")
+        # (rows, device, cos, signed sine) for positions 0..rows-1, built on first use.
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
 
     def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
@@ -147,21 +166,40 @@ class RotaryEncoding(PositionalEncoding):
         half = self.head_dim // 2
         return cos[..., :half].double().numpy() + 1j * sin[..., :half].double().numpy()
 
+    def _cached(self, t: int, positions: Tensor | None, device) -> tuple[Tensor, Tensor] | None:
+        """cos, signed sine [t, D] of positions 0..t-1 from the cache, when ``positions``
+        (None, or [T] equal to 0..T-1) allows it; None otherwise."""
+        if not self.cache_ok or (positions is not None and positions.dim() != 1):
+            return None
+        cache = self._cache
+        if cache is None or cache[0] < t or cache[1] != device:
+            n = max(t, self.max_seq_len)
+            cos, sin = self.cos_sin(torch.arange(n, device=device))
+            self._cache = cache = (n, device, cos, signed_sine(sin))
+        if positions is None or bool((positions == torch.arange(t, device=positions.device)).all()):
+            return cache[2][:t], cache[3][:t]
+        return None
+
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
         """``positions`` [T] or [B, T] integer positions; None means 0..T-1 (no host sync)."""
         t = q.shape[-2] if positions is None else positions.shape[-1]
-        if self.cache_ok and (positions is None or positions.dim() == 1):
-            cache = self._cache
-            if cache is None or cache[0] < t or cache[1] != q.device:
-                n = max(t, self.max_seq_len)
-                cos, sin = self.cos_sin(torch.arange(n, device=q.device))
-                self._cache = cache = (n, q.device, cos, sin)
-            if positions is None or bool((positions == torch.arange(t, device=positions.device)).all()):
-                return apply_rotary(q, k, cache[2][:t], cache[3][:t])
+        cached = self._cached(t, positions, q.device)
+        if cached is not None:
+            cos, signed_sin = cached[0].to(q.dtype), cached[1].to(q.dtype)
+            return _rotate(q, cos, signed_sin), _rotate(k, cos, signed_sin)
         if positions is None:
             positions = torch.arange(t, device=q.device)
         cos, sin = self.cos_sin(positions)
         return apply_rotary(q, k, cos, sin)
+
+    def rotate_packed(self, qk: Tensor, n_q_heads: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        t = qk.shape[1] if positions is None else positions.shape[-1]
+        cached = self._cached(t, positions, qk.device) if type(self).rotate is RotaryEncoding.rotate else None
+        if cached is None:  # subclasses with their own rotate, or positions the cache cannot serve
+            return super().rotate_packed(qk, n_q_heads, positions)
+        cos, signed_sin = cached
+        qk = _rotate(qk, cos[:, None].to(qk.dtype), signed_sin[:, None].to(qk.dtype))  # one pass for q and k
+        return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
 
 
 def _rope_inv_freq(base: float, dim: int, device=None) -> Tensor:

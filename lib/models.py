@@ -170,11 +170,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qk, v = self.qkv(x).split((self.q_size + self.kv_size, self.kv_size), dim=-1)
+        # Queries and keys stay packed as heads of one tensor for the rotation (one pass for both).
+        qk = qk.view(b, t, self.n_heads + self.n_kv_heads, self.head_dim)
+        q, k = self.encoding.rotate_packed(qk, self.n_heads, positions)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self.encoding.rotate(q, k, positions)
         p = self.dropout if self.training else 0.0
         if self.capture or self.attn_impl == "eager":
             y = self._eager(q, k, v, bias, p)

@@ -310,3 +310,24 @@ def test_apply_to_hf_alibi_attention_path_with_zero_slopes_equals_nope():
     torch.testing.assert_close(zero_bias, nope, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="head_dim"):
         apply_to_hf(model, build_encoding("rope", **{**dims, "head_dim": 8}))
+
+
+@pytest.mark.parametrize("name,kw", [("rope", {}), ("rope_dynamic", {"factor": 2.0}), ("alibi", {}),
+                                     ("pi_spiral_rotary", {}), ("yarn", {"factor": 4.0}),
+                                     ("attractor", {"n_layers": 2})])
+@pytest.mark.parametrize("positions", ["none", "arange", "shifted"])
+def test_rotate_packed_equals_rotate_forward_and_backward(name, kw, positions):
+    """Queries and keys rotated packed [B, T, Hq + Hk, D] (one pass, as the model does) give
+    bitwise the rotation of q and k apart, gradients included, with grouped-query heads."""
+    enc = build_encoding(name, d_model=32, n_heads=4, head_dim=8, max_seq_len=16, **kw)
+    b, t, hq, hk, d = 2, 9, 4, 2, 8
+    pos = {"none": None, "arange": torch.arange(t), "shifted": torch.arange(t) + 3}[positions]
+    qk = torch.randn(b, t, hq + hk, d, dtype=torch.float64, requires_grad=True)
+    ref_q, ref_k = enc.rotate(qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), pos)
+    (ref_q.sin().sum() + ref_k.square().sum()).backward()
+    ref_grad, qk.grad = qk.grad.clone(), None
+    q, k = enc.rotate_packed(qk, hq, pos)
+    (q.sin().sum() + k.square().sum()).backward()
+    assert q.shape == (b, hq, t, d) and k.shape == (b, hk, t, d)
+    assert torch.equal(q, ref_q) and torch.equal(k, ref_k)
+    assert torch.equal(qk.grad, ref_grad)
