@@ -5,9 +5,11 @@ default), so one attention implementation serves them all:
 
 - ``embed(x, positions)``       additive encodings, added to token embeddings [B, T, d_model]
 - ``rotate(q, k, positions)``   rotary encodings, rotating queries and keys [B, H, T, head_dim]
-  (the model calls ``rotate_packed`` on q and k packed as heads of one [B, T, Hq + Hk, head_dim]
-  tensor; by default it splits them and calls ``rotate``; the rotary base class rotates the
-  packed tensor in one pass when ``rotate`` is its own)
+  in transformers' half-split pair layout (pair i = features i, i + head_dim/2)
+- ``rotate_packed(qk, n_q, positions)``  the same rotation as the model calls it: q and k packed
+  as heads of one [B, T, Hq + Hk, head_dim] tensor in the *interleaved* pair layout (pair i =
+  features 2i, 2i + 1: RoFormer's and Meta's Llama layout), where a rotation is one complex
+  multiply each way (``lib.models.copy_to_hf`` permutes the weights to transformers' layout)
 - ``attn_bias(t_q, t_k, ...)``  additive attention biases [H, t_q, t_k] (ALiBi)
 - ``block_hook(i, h)``          called after block ``i`` (state-carrying variants)
 
@@ -76,10 +78,17 @@ class PositionalEncoding(nn.Module):
 
     def rotate_packed(self, qk: Tensor, n_q_heads: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
         """``rotate`` for queries and keys packed as heads of one tensor [B, T, Hq + Hk, D] (the
-        layout a fused QKV projection produces): returns q [B, Hq, T, D], k [B, Hk, T, D].
-        Rotary encodings rotate the packed tensor in one pass; the default splits and rotates."""
-        q, k = qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
-        return self.rotate(q, k, positions)
+        layout a fused QKV projection produces) whose pairs are interleaved (pair i = features
+        2i, 2i + 1): returns q [B, Hq, T, D], k [B, Hk, T, D], still interleaved.
+
+        Rotary encodings rotate the packed tensor with one complex multiply; this default
+        splits, and when a subclass defines its own (half-split) ``rotate``, converts the
+        layout around it: ``deinterleave_pairs(rotate_packed(x)) == rotate(deinterleave_pairs(x))``."""
+        if type(self).rotate is PositionalEncoding.rotate:  # no rotation: the layout is irrelevant
+            return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
+        half = deinterleave_pairs(qk)
+        q, k = self.rotate(half[:, :, :n_q_heads].transpose(1, 2), half[:, :, n_q_heads:].transpose(1, 2), positions)
+        return interleave_pairs(q), interleave_pairs(k)
 
     def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor | None:
         return None
@@ -103,6 +112,34 @@ def signed_sine(sin: Tensor) -> Tensor:
     rotate_half is a neg plus a cat each way."""
     h = sin.shape[-1] // 2
     return torch.cat((-sin[..., :h], sin[..., h:]), dim=-1)
+
+
+def interleave_pairs(x: Tensor) -> Tensor:
+    """Half-split pairs (i, i + D/2) to interleaved pairs (2i, 2i + 1) on the last dim (a copy)."""
+    return x.unflatten(-1, (2, x.shape[-1] // 2)).transpose(-1, -2).flatten(-2)
+
+
+def deinterleave_pairs(x: Tensor) -> Tensor:
+    """Interleaved pairs (2i, 2i + 1) to half-split pairs (i, i + D/2): ``interleave_pairs``'s
+    inverse. On a projection's rows per head it is transformers' ``permute`` in
+    ``convert_llama_weights_to_hf`` (Meta layout to HF layout)."""
+    return x.unflatten(-1, (x.shape[-1] // 2, 2)).transpose(-1, -2).flatten(-2)
+
+
+def rotate_interleaved(x: Tensor, phasor: Tensor) -> Tensor:
+    """Rotate ``x`` [..., D] whose pairs are interleaved by ``phasor`` (complex [..., D/2],
+    broadcast against x's leading dims): one complex multiply (Meta's Llama ``apply_rotary_emb``);
+    half-precision inputs are rotated in float32 and cast back. Under ``torch.compile`` the same
+    rotation is written in real arithmetic for the compiler to fuse."""
+    if torch.compiler.is_compiling():
+        pairs = x.unflatten(-1, (-1, 2))
+        c, s = phasor.real.to(x.dtype), phasor.imag.to(x.dtype)
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    z = torch.view_as_complex(wide.unflatten(-1, (-1, 2)))
+    out = torch.view_as_real(z * phasor.to(z.dtype)).flatten(-2)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def _rotate(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -143,6 +180,7 @@ class RotaryEncoding(PositionalEncoding):
             raise ValueError(f"rotary encodings need an even head_dim, got {self.head_dim}")
         # (rows, device, cos, signed sine) for positions 0..rows-1, built on first use.
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
+        self._phasor_cache: tuple[Tensor, Tensor] | None = None  # (the cache's cos, complex [rows, D/2])
 
     def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
         raise NotImplementedError
@@ -193,13 +231,28 @@ class RotaryEncoding(PositionalEncoding):
         return apply_rotary(q, k, cos, sin)
 
     def rotate_packed(self, qk: Tensor, n_q_heads: int, positions: Tensor | None) -> tuple[Tensor, Tensor]:
-        t = qk.shape[1] if positions is None else positions.shape[-1]
-        cached = self._cached(t, positions, qk.device) if type(self).rotate is RotaryEncoding.rotate else None
-        if cached is None:  # subclasses with their own rotate, or positions the cache cannot serve
+        if type(self).rotate is not RotaryEncoding.rotate:  # a subclass's own (half-split) rotation
             return super().rotate_packed(qk, n_q_heads, positions)
-        cos, signed_sin = cached
-        qk = _rotate(qk, cos[:, None].to(qk.dtype), signed_sin[:, None].to(qk.dtype))  # one pass for q and k
+        t = qk.shape[1] if positions is None else positions.shape[-1]
+        phasor = self._phasor(t, positions, qk.device)  # [T, D/2] or [B, T, D/2]
+        qk = rotate_interleaved(qk, phasor.unsqueeze(-2))  # one multiply for q and k
         return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
+
+    def _phasor(self, t: int, positions: Tensor | None, device) -> Tensor:
+        """complex64 ``cos + i sin`` of every pair for positions 0..t-1 (cached like ``_cached``)
+        or ``positions`` [T] / [B, T]: [T, D/2] or [B, T, D/2]."""
+        cached = self._cached(t, positions, device)
+        if cached is None:
+            if positions is None:
+                positions = torch.arange(t, device=device)
+            cos, sin = self.cos_sin(positions)
+            half = self.head_dim // 2
+            return torch.complex(cos[..., :half].float(), sin[..., :half].float())
+        cos, signed_sin = self._cache[2], self._cache[3]
+        if self._phasor_cache is None or self._phasor_cache[0] is not cos:  # built from this cos/sin table
+            half = self.head_dim // 2
+            self._phasor_cache = (cos, torch.complex(cos[:, :half].float(), signed_sin[:, half:].float()))
+        return self._phasor_cache[1][:t]
 
 
 def _rope_inv_freq(base: float, dim: int, device=None) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lib.encodings import PositionalEncoding, build_encoding
+from lib.encodings import PositionalEncoding, build_encoding, deinterleave_pairs, interleave_pairs
 from lib.losses import linear_cross_entropy
 
 ATTN_IMPLS = ("sdpa", "flash", "eager")
@@ -191,6 +191,14 @@ class Attention(nn.Module):
                                                enable_gqa=self.n_kv_heads != self.n_heads)
         return self.out(y.transpose(1, 2).reshape(b, t, self.q_size))
 
+    def permute_qk_rows_(self, fn: Callable[[Tensor], Tensor]) -> None:
+        """Apply a per-head feature permutation (``interleave_pairs`` / ``deinterleave_pairs``)
+        to the query and key rows of the fused projection, in place. Queries and keys are kept
+        with interleaved rotary pairs; transformers keeps them half-split."""
+        qk = self.qkv.weight.data[: self.q_size + self.kv_size]
+        heads = qk.view(self.n_heads + self.n_kv_heads, self.head_dim, -1)
+        heads.copy_(fn(heads.transpose(1, 2)).transpose(1, 2))
+
     def _eager(self, q, k, v, bias, p):
         groups = self.n_heads // self.n_kv_heads
         if groups > 1:
@@ -249,6 +257,9 @@ class Transformer(nn.Module):
                 continue  # norms keep their ones; encodings/MoE biases keep their own init
             scaled = name.endswith(("attn.out.weight", "mlp.down.weight", "w_down"))
             nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers) if scaled else std)
+        with torch.no_grad():  # i.i.d. draws either way; permuted, a seed gives the function it gave
+            for block in self.blocks:  # when queries and keys used the half-split pair layout
+                block.attn.permute_qk_rows_(interleave_pairs)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
         if idx.dim() != 2:
@@ -392,7 +403,11 @@ def copy_to_hf(model: Transformer, hf_model) -> None:
     hf_model.model.norm.weight.copy_(model.norm.weight)
     q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     for block, layer in zip(model.blocks, hf_model.model.layers, strict=True):
-        q, k, v = block.attn.qkv.weight.split((q_size, kv_size, kv_size), dim=0)
+        # Our q/k rows hold interleaved rotary pairs; transformers' are half-split.
+        weight = block.attn.qkv.weight.view(-1, c.head_dim, c.d_model).transpose(1, 2)
+        qk = deinterleave_pairs(weight[: c.n_heads + c.n_kv_heads]).transpose(1, 2).reshape(q_size + kv_size, -1)
+        q, k = qk.split((q_size, kv_size), dim=0)
+        v = block.attn.qkv.weight[q_size + kv_size:]
         attn = layer.self_attn
         attn.q_proj.weight.copy_(q)
         attn.k_proj.weight.copy_(k)

@@ -13,7 +13,8 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from lib.encodings import ENCODINGS, alibi_slopes, apply_rotary, build_encoding
+from lib.encodings import (ENCODINGS, alibi_slopes, apply_rotary, build_encoding, deinterleave_pairs,
+                           interleave_pairs, rotate_interleaved)
 from lib.hf_adapter import apply_to_hf, tiny_llama
 
 HEAD_DIM, N_HEADS, L0 = 32, 4, 256
@@ -314,20 +315,63 @@ def test_apply_to_hf_alibi_attention_path_with_zero_slopes_equals_nope():
 
 @pytest.mark.parametrize("name,kw", [("rope", {}), ("rope_dynamic", {"factor": 2.0}), ("alibi", {}),
                                      ("pi_spiral_rotary", {}), ("yarn", {"factor": 4.0}),
-                                     ("attractor", {"n_layers": 2})])
-@pytest.mark.parametrize("positions", ["none", "arange", "shifted"])
+                                     ("rope_partial", {}), ("attractor", {"n_layers": 2})])
+@pytest.mark.parametrize("positions", ["none", "arange", "shifted", "batched"])
 def test_rotate_packed_equals_rotate_forward_and_backward(name, kw, positions):
-    """Queries and keys rotated packed [B, T, Hq + Hk, D] (one pass, as the model does) give
-    bitwise the rotation of q and k apart, gradients included, with grouped-query heads."""
+    """Queries and keys packed [B, T, Hq + Hk, D] with interleaved pairs (the model's layout,
+    rotated by one complex multiply) give the half-split ``rotate`` of q and k apart (the
+    transformers formula) once the layout is converted, gradients included, with grouped-query
+    heads, cached, shifted and per-sequence positions."""
     enc = build_encoding(name, d_model=32, n_heads=4, head_dim=8, max_seq_len=16, **kw)
     b, t, hq, hk, d = 2, 9, 4, 2, 8
-    pos = {"none": None, "arange": torch.arange(t), "shifted": torch.arange(t) + 3}[positions]
-    qk = torch.randn(b, t, hq + hk, d, dtype=torch.float64, requires_grad=True)
-    ref_q, ref_k = enc.rotate(qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), pos)
+    pos = {"none": None, "arange": torch.arange(t), "shifted": torch.arange(t) + 3,
+           "batched": torch.stack((torch.arange(t) + 2, torch.arange(t)))}[positions]
+    half = torch.randn(b, t, hq + hk, d, dtype=torch.float64, requires_grad=True)
+    ref_q, ref_k = enc.rotate(half[:, :, :hq].transpose(1, 2), half[:, :, hq:].transpose(1, 2), pos)
     (ref_q.sin().sum() + ref_k.square().sum()).backward()
-    ref_grad, qk.grad = qk.grad.clone(), None
-    q, k = enc.rotate_packed(qk, hq, pos)
-    (q.sin().sum() + k.square().sum()).backward()
+    packed = interleave_pairs(half.detach()).requires_grad_()
+    q, k = enc.rotate_packed(packed, hq, pos)
     assert q.shape == (b, hq, t, d) and k.shape == (b, hk, t, d)
-    assert torch.equal(q, ref_q) and torch.equal(k, ref_k)
-    assert torch.equal(qk.grad, ref_grad)
+    q, k = deinterleave_pairs(q), deinterleave_pairs(k)
+    (q.sin().sum() + k.square().sum()).backward()
+    tol = dict(rtol=0, atol=1e-14)
+    torch.testing.assert_close(q, ref_q, **tol)
+    torch.testing.assert_close(k, ref_k, **tol)
+    torch.testing.assert_close(deinterleave_pairs(packed.grad), half.grad, **tol)
+    if name != "alibi":  # a rotation really happened (alibi rotates nothing)
+        assert (q - half[:, :, :hq].transpose(1, 2)).abs().max() > 0.1
+
+
+def test_pair_layouts_are_inverse_and_match_transformers_conversion_permute():
+    """``deinterleave_pairs`` on each head's rows is the ``permute`` of transformers'
+    ``convert_llama_weights_to_hf`` (Meta's interleaved layout to HF's half-split layout)."""
+    n_heads, head_dim, d_model = 3, 8, 5
+    w = torch.randn(n_heads * head_dim, d_model)
+
+    def hf_permute(w, n_heads, dim1, dim2):  # restated from transformers' conversion script
+        return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+    ours = deinterleave_pairs(w.view(n_heads, head_dim, d_model).transpose(1, 2)).transpose(1, 2)
+    assert torch.equal(ours.reshape(-1, d_model), hf_permute(w, n_heads, n_heads * head_dim, d_model))
+    x = torch.randn(4, head_dim)
+    assert torch.equal(deinterleave_pairs(interleave_pairs(x)), x)
+    assert torch.equal(interleave_pairs(torch.arange(6.0)), torch.tensor([0.0, 3, 1, 4, 2, 5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotate_interleaved_low_precision_and_compiled_formula(dtype, monkeypatch):
+    """bf16 inputs are rotated in float32 and cast back; the real-arithmetic form used under
+    torch.compile equals the complex multiply."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8).to(dtype)
+    angle = torch.randn(5, 1, 4)
+    phasor = torch.polar(torch.ones_like(angle), angle)
+    out = rotate_interleaved(x, phasor)
+    assert out.dtype == dtype
+    c, s = angle.cos(), angle.sin()
+    x0, x1 = x.double()[..., 0::2], x.double()[..., 1::2]
+    ref = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.testing.assert_close(rotate_interleaved(x, phasor).double(), ref, **tol)
