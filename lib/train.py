@@ -33,7 +33,8 @@ from lib.runtime import autocast, pick_device
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN/inf or exceeded ``divergence_factor`` x its best value."""
+    """The training loss became NaN/inf, or exceeded both ``divergence_factor`` x its best value
+    and its first value."""
 
 
 @dataclass
@@ -277,7 +278,7 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = config.batch_size * config.seq_len * world
     eval_bs = config.eval_batch_size or config.micro_batch_size
-    best = float("inf")
+    best, first = float("inf"), None
     diverged = None
     elapsed_before = state.history[-1]["elapsed_s"] if state.history else 0.0
     start = time.perf_counter()
@@ -313,7 +314,10 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
             sched.step()
         state.step, state.loss = step + 1, loss_sum
         state.tokens += tokens_per_step
-        if not math.isfinite(loss_sum) or (step >= 1 and loss_sum > config.divergence_factor * best):
+        first = loss_sum if first is None else first
+        # Diverged: NaN/inf, or above divergence_factor x the best loss *and* above the first one
+        # (a spike on a near-zero loss, e.g. a memorised retrieval task, is not a divergence).
+        if not math.isfinite(loss_sum) or (step >= 1 and loss_sum > max(config.divergence_factor * best, first)):
             diverged = (f"training diverged at step {step}: loss {loss_sum:.4g} "
                         f"(best so far {best:.4g}, lr {lr:.3g}); lower the LR, lengthen warm-up "
                         f"or tighten grad_clip")

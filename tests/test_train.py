@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -112,6 +113,31 @@ def test_divergence_stops_with_a_clear_message():
     result = train(model(), data, config(steps=40, lr=50.0, grad_clip=None, on_divergence="stop",
                                          schedule=WarmupCosine(total_steps=40)))
     assert result.final["diverged"] and result.final["steps"] < 40
+
+
+class ScriptedLoss(torch.nn.Module):
+    """A "model" whose training loss follows a script (one value per step)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.losses, self.calls = list(losses), 0
+
+    def forward(self, x, y=None):
+        value = self.losses[min(self.calls, len(self.losses) - 1)]
+        self.calls += 1
+        return types.SimpleNamespace(loss=self.w * 0 + value, logits=torch.zeros(*x.shape, ToyData.vocab_size))
+
+
+def test_a_spike_on_a_near_zero_loss_is_not_a_divergence():
+    """10x the best loss but below the first loss (a memorised task's spike) trains on; above
+    both, or NaN, stops."""
+    spike = [3.0, 0.5, 0.01, 0.005, 0.2, 0.004, 0.004, 0.004]
+    result = train(ScriptedLoss(spike), ToyData(), config(steps=8, on_divergence="stop"))
+    assert not result.final["diverged"] and result.final["steps"] == 8
+    for losses, at in (([3.0, 0.5, 6.0, 0.1], 2), ([3.0, 0.5, float("nan"), 0.1], 2)):
+        with pytest.raises(TrainingDiverged, match=f"diverged at step {at}"):
+            train(ScriptedLoss(losses), ToyData(), config(steps=4))
 
 
 def test_callbacks_see_every_step_and_can_stop():
