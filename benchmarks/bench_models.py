@@ -124,11 +124,15 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also compare both models under torch.compile (needs a C++ compiler on CPU; slow to start)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="model shape (default by --quick)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repeats (default 7, --quick 5); more on a shared machine")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
-    shape, batch, repeats, steps = ("tiny", 8, 5, 3) if args.quick else ("small", 8, 7, 3)
+    if args.batch <= 0:
+        parser.error(f"--batch must be a positive integer, got {args.batch}")
+    shape, repeats, steps = ("tiny", 5, 3) if args.quick else ("small", 7, 3)
+    batch = args.batch
     repeats = args.repeats or repeats
     shape = args.shape or shape
     res = throughput(shape, batch, repeats, steps, device)

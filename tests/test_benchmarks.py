@@ -63,10 +63,13 @@ def test_bench_scripts_run_end_to_end(capsys):
     speed is measured by running the scripts, not in tests)."""
     from benchmarks import bench_models, bench_moe
 
-    bench_models.main(["--quick", "--repeats", "1"])
+    bench_models.main(["--quick", "--repeats", "1", "--batch", "2"])
     bench_moe.main(["--shape", "study", "--repeats", "1", "--no-optimizer"])
     out = capsys.readouterr().out
     for line in ("throughput ratio ours/llama", "step-memory ratio", "speed-up lib.moe (auto",
                  "kernel floor"):
         assert line in out
     assert "optimizer step" not in out  # --no-optimizer
+    assert "batch=2 " in out
+    with pytest.raises(SystemExit):
+        bench_models.main(["--batch", "0"])

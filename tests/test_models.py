@@ -117,3 +117,26 @@ def test_load_hf_model_from_a_local_folder(tmp_path):
     torch.testing.assert_close(loaded(x).logits, ours(x).logits, atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="only local files"):
         load_hf_model(str(tmp_path / "missing"), device="cpu")
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_split_projections_equal_fused_forward_and_backward(monkeypatch, n_kv_heads):
+    """Above SPLIT_PROJECTION_MIN_TOKENS the fused QKV and gate-up projections run as one GEMM
+    per piece: the same logits and gradients as the fused GEMM + split."""
+    import lib.models as models
+
+    torch.manual_seed(0)
+    model = Transformer(tiny(n_kv_heads=n_kv_heads))
+    x = torch.randint(0, model.config.vocab_size, (2, 24))
+    results = []
+    for threshold in (10**9, 1):  # fused everywhere, then split everywhere
+        monkeypatch.setattr(models, "SPLIT_PROJECTION_MIN_TOKENS", threshold)
+        model.zero_grad(set_to_none=True)
+        out = model(x, x)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    pieces = models.split_projection(torch.randn(3, 5, 8), torch.nn.Linear(8, 6, bias=False), (4, 2))
+    assert [p.shape for p in pieces] == [(3, 5, 4), (3, 5, 2)]
