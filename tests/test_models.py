@@ -140,3 +140,39 @@ def test_split_projections_equal_fused_forward_and_backward(monkeypatch, n_kv_he
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     pieces = models.split_projection(torch.randn(3, 5, 8), torch.nn.Linear(8, 6, bias=False), (4, 2))
     assert [p.shape for p in pieces] == [(3, 5, 4), (3, 5, 2)]
+
+
+def test_rmsnorm_equals_torch_and_transformers():
+    """lib.models.RMSNorm (vecdot mean square) equals torch.nn.RMSNorm in fp64, value and
+    gradients, and transformers' LlamaRMSNorm on bf16 inputs (normalised in float32)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from lib.models import RMSNorm
+
+    torch.manual_seed(0)
+    ours, ref = RMSNorm(16, eps=1e-5).double(), torch.nn.RMSNorm(16, eps=1e-5).double()
+    with torch.no_grad():
+        ours.weight.normal_()
+        ref.weight.copy_(ours.weight)
+    x = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 7, 16, dtype=torch.float64)
+    grads = []
+    for norm in (ours, ref):
+        x.grad = None
+        y = norm(x)
+        y.backward(g)
+        grads.append((y.detach(), x.grad.clone(), norm.weight.grad.clone()))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    hf = LlamaRMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        hf.weight.copy_(ours.weight)
+    xb = torch.randn(4, 16).bfloat16()
+    out = ours.float()(xb)
+    assert out.dtype == torch.float32  # bf16 normalised in float32, times the fp32 weight (as HF)
+    torch.testing.assert_close(out, hf(xb), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="last dim"):
+        ours(torch.randn(2, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one dimension"):
+        RMSNorm((4, 4))
