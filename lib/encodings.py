@@ -126,19 +126,20 @@ def deinterleave_pairs(x: Tensor) -> Tensor:
     return x.unflatten(-1, (x.shape[-1] // 2, 2)).transpose(-1, -2).flatten(-2)
 
 
-def rotate_interleaved(x: Tensor, phasor: Tensor) -> Tensor:
-    """Rotate ``x`` [..., D] whose pairs are interleaved by ``phasor`` (complex [..., D/2],
-    broadcast against x's leading dims): one complex multiply (Meta's Llama ``apply_rotary_emb``);
-    half-precision inputs are rotated in float32 and cast back. Under ``torch.compile`` the same
-    rotation is written in real arithmetic for the compiler to fuse."""
+def rotate_interleaved(x: Tensor, cos_sin: Tensor) -> Tensor:
+    """Rotate ``x`` [..., D] whose pairs are interleaved by the angles whose (cos, sin) are
+    ``cos_sin`` (real [..., D/2, 2], broadcast against x's leading dims): one complex multiply
+    (Meta's Llama ``apply_rotary_emb``); half-precision inputs are rotated in float32 and cast
+    back. Under ``torch.compile`` the same rotation is written in real arithmetic (no complex
+    tensors, which inductor does not generate code for) for the compiler to fuse."""
     if torch.compiler.is_compiling():
         pairs = x.unflatten(-1, (-1, 2))
-        c, s = phasor.real.to(x.dtype), phasor.imag.to(x.dtype)
+        c, s = cos_sin[..., 0].to(x.dtype), cos_sin[..., 1].to(x.dtype)
         x0, x1 = pairs[..., 0], pairs[..., 1]
         return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
     wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
     z = torch.view_as_complex(wide.unflatten(-1, (-1, 2)))
-    out = torch.view_as_real(z * phasor.to(z.dtype)).flatten(-2)
+    out = torch.view_as_real(z * torch.view_as_complex(cos_sin).to(z.dtype)).flatten(-2)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -180,7 +181,7 @@ class RotaryEncoding(PositionalEncoding):
             raise ValueError(f"rotary encodings need an even head_dim, got {self.head_dim}")
         # (rows, device, cos, signed sine) for positions 0..rows-1, built on first use.
         self._cache: tuple[int, torch.device, Tensor, Tensor] | None = None
-        self._phasor_cache: tuple[Tensor, Tensor] | None = None  # (the cache's cos, complex [rows, D/2])
+        self._pairs_cache: tuple[Tensor, Tensor] | None = None  # (the cache's cos, [rows, D/2, 2])
 
     def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
         raise NotImplementedError
@@ -234,25 +235,24 @@ class RotaryEncoding(PositionalEncoding):
         if type(self).rotate is not RotaryEncoding.rotate:  # a subclass's own (half-split) rotation
             return super().rotate_packed(qk, n_q_heads, positions)
         t = qk.shape[1] if positions is None else positions.shape[-1]
-        phasor = self._phasor(t, positions, qk.device)  # [T, D/2] or [B, T, D/2]
-        qk = rotate_interleaved(qk, phasor.unsqueeze(-2))  # one multiply for q and k
+        cos_sin = self._cos_sin_pairs(t, positions, qk.device)  # [T, D/2, 2] or [B, T, D/2, 2]
+        qk = rotate_interleaved(qk, cos_sin.unsqueeze(-3))  # one multiply for q and k
         return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
 
-    def _phasor(self, t: int, positions: Tensor | None, device) -> Tensor:
-        """complex64 ``cos + i sin`` of every pair for positions 0..t-1 (cached like ``_cached``)
-        or ``positions`` [T] / [B, T]: [T, D/2] or [B, T, D/2]."""
+    def _cos_sin_pairs(self, t: int, positions: Tensor | None, device) -> Tensor:
+        """float32 (cos, sin) of every pair, [T, D/2, 2] for positions 0..t-1 (cached like
+        ``_cached``) or [..., T, D/2, 2] for ``positions`` [T] / [B, T]."""
+        half = self.head_dim // 2
         cached = self._cached(t, positions, device)
         if cached is None:
             if positions is None:
                 positions = torch.arange(t, device=device)
             cos, sin = self.cos_sin(positions)
-            half = self.head_dim // 2
-            return torch.complex(cos[..., :half].float(), sin[..., :half].float())
+            return torch.stack((cos[..., :half].float(), sin[..., :half].float()), dim=-1)
         cos, signed_sin = self._cache[2], self._cache[3]
-        if self._phasor_cache is None or self._phasor_cache[0] is not cos:  # built from this cos/sin table
-            half = self.head_dim // 2
-            self._phasor_cache = (cos, torch.complex(cos[:, :half].float(), signed_sin[:, half:].float()))
-        return self._phasor_cache[1][:t]
+        if self._pairs_cache is None or self._pairs_cache[0] is not cos:  # built from this cos/sin table
+            self._pairs_cache = (cos, torch.stack((cos[:, :half].float(), signed_sin[:, half:].float()), dim=-1))
+        return self._pairs_cache[1][:t]
 
 
 def _rope_inv_freq(base: float, dim: int, device=None) -> Tensor:
