@@ -232,13 +232,13 @@ class Attention(nn.Module):
                                                enable_gqa=self.n_kv_heads != self.n_heads)
         return self.out(y.transpose(1, 2).reshape(b, t, self.q_size))
 
-    def permute_qk_rows_(self, fn: Callable[[Tensor], Tensor]) -> None:
-        """Apply a per-head feature permutation (``interleave_pairs`` / ``deinterleave_pairs``)
-        to the query and key rows of the fused projection, in place. Queries and keys are kept
-        with interleaved rotary pairs; transformers keeps them half-split."""
-        qk = self.qkv.weight.data[: self.q_size + self.kv_size]
-        heads = qk.view(self.n_heads + self.n_kv_heads, self.head_dim, -1)
-        heads.copy_(fn(heads.transpose(1, 2)).transpose(1, 2))
+    def qk_rows(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """The query and key rows of the fused projection with a per-head feature permutation
+        (``interleave_pairs`` / ``deinterleave_pairs``) applied: [(Hq + Hk) * D, d_model]. Queries
+        and keys are kept with interleaved rotary pairs; transformers keeps them half-split."""
+        qk = self.qkv.weight[: self.q_size + self.kv_size]
+        heads = qk.view(self.n_heads + self.n_kv_heads, self.head_dim, -1).transpose(1, 2)
+        return fn(heads).transpose(1, 2).reshape(qk.shape)
 
     def _eager(self, q, k, v, bias, p):
         groups = self.n_heads // self.n_kv_heads
@@ -300,7 +300,8 @@ class Transformer(nn.Module):
             nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers) if scaled else std)
         with torch.no_grad():  # i.i.d. draws either way; permuted, a seed gives the function it gave
             for block in self.blocks:  # when queries and keys used the half-split pair layout
-                block.attn.permute_qk_rows_(interleave_pairs)
+                attn = block.attn
+                attn.qkv.weight[: attn.q_size + attn.kv_size] = attn.qk_rows(interleave_pairs)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
         if idx.dim() != 2:
@@ -445,9 +446,7 @@ def copy_to_hf(model: Transformer, hf_model) -> None:
     q_size, kv_size = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     for block, layer in zip(model.blocks, hf_model.model.layers, strict=True):
         # Our q/k rows hold interleaved rotary pairs; transformers' are half-split.
-        weight = block.attn.qkv.weight.view(-1, c.head_dim, c.d_model).transpose(1, 2)
-        qk = deinterleave_pairs(weight[: c.n_heads + c.n_kv_heads]).transpose(1, 2).reshape(q_size + kv_size, -1)
-        q, k = qk.split((q_size, kv_size), dim=0)
+        q, k = block.attn.qk_rows(deinterleave_pairs).split((q_size, kv_size), dim=0)
         v = block.attn.qkv.weight[q_size + kv_size:]
         attn = layer.self_attn
         attn.q_proj.weight.copy_(q)
