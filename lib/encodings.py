@@ -85,9 +85,8 @@ class PositionalEncoding(nn.Module):
         splits, and when a subclass defines its own (half-split) ``rotate``, converts the
         layout around it: ``deinterleave_pairs(rotate_packed(x)) == rotate(deinterleave_pairs(x))``."""
         if type(self).rotate is PositionalEncoding.rotate:  # no rotation: the layout is irrelevant
-            return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
-        half = deinterleave_pairs(qk)
-        q, k = self.rotate(half[:, :, :n_q_heads].transpose(1, 2), half[:, :, n_q_heads:].transpose(1, 2), positions)
+            return split_heads(qk, n_q_heads)
+        q, k = self.rotate(*split_heads(deinterleave_pairs(qk), n_q_heads), positions)
         return interleave_pairs(q), interleave_pairs(k)
 
     def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor | None:
@@ -98,6 +97,14 @@ class PositionalEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}"
+
+
+def split_heads(qk: Tensor, n_q_heads: int) -> tuple[Tensor, Tensor]:
+    """Queries and keys packed as heads [B, T, Hq + Hk, D] -> q [B, Hq, T, D], k [B, Hk, T, D]
+    (views). One ``split``, whose backward is one concatenation: two slices would each
+    backpropagate a zero-filled full-size gradient, then add them."""
+    q, k = qk.split((n_q_heads, qk.shape[2] - n_q_heads), dim=2)
+    return q.transpose(1, 2), k.transpose(1, 2)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -236,8 +243,7 @@ class RotaryEncoding(PositionalEncoding):
             return super().rotate_packed(qk, n_q_heads, positions)
         t = qk.shape[1] if positions is None else positions.shape[-1]
         cos_sin = self._cos_sin_pairs(t, positions, qk.device)  # [T, D/2, 2] or [B, T, D/2, 2]
-        qk = rotate_interleaved(qk, cos_sin.unsqueeze(-3))  # one multiply for q and k
-        return qk[:, :, :n_q_heads].transpose(1, 2), qk[:, :, n_q_heads:].transpose(1, 2)
+        return split_heads(rotate_interleaved(qk, cos_sin.unsqueeze(-3)), n_q_heads)  # one multiply for q and k
 
     def _cos_sin_pairs(self, t: int, positions: Tensor | None, device) -> Tensor:
         """float32 (cos, sin) of every pair, [T, D/2, 2] for positions 0..t-1 (cached like
