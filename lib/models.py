@@ -209,8 +209,12 @@ class Attention(nn.Module):
         self.capture = False  # when True, eager attention keeps its probabilities here:
         self.last_probs: Tensor | None = None
 
-    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-        b, t, _ = x.shape
+    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None,
+                seq_len: int | None = None) -> Tensor:
+        """``x`` [B, T, d_model], or the tokens flattened [B * T, d_model] with ``seq_len`` = T
+        (the model's residual stream: linear layers on 2-D inputs skip two reshapes and their
+        autograd nodes each); the output has ``x``'s shape."""
+        b, t = _batch_time(x, seq_len)
         qk, v = split_projection(x, self.qkv, (self.q_size + self.kv_size, self.kv_size))
         # Queries and keys stay packed as heads of one tensor for the rotation (one pass for both).
         qk = qk.view(b, t, self.n_heads + self.n_kv_heads, self.head_dim)
@@ -230,7 +234,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p,
                                                enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.out(y.transpose(1, 2).reshape(b, t, self.q_size))
+        return self.out(y.transpose(1, 2).reshape(*x.shape[:-1], self.q_size))
 
     def qk_rows(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
         """The query and key rows of the fused projection with a per-head feature permutation
@@ -252,6 +256,16 @@ class Attention(nn.Module):
         return F.dropout(probs, p=p, training=self.training) @ v
 
 
+def _batch_time(x: Tensor, seq_len: int | None) -> tuple[int, int]:
+    """(B, T) of ``x`` [B, T, d], or of tokens flattened [B * T, d] with ``seq_len`` = T."""
+    if x.dim() == 3:
+        return x.shape[0], x.shape[1]
+    if x.dim() != 2 or seq_len is None or seq_len <= 0 or x.shape[0] % seq_len:
+        raise ValueError(f"x must be [batch, time, d_model], or [batch * time, d_model] with seq_len = time; "
+                         f"got shape {tuple(x.shape)} and seq_len={seq_len!r}")
+    return x.shape[0] // seq_len, seq_len
+
+
 def _causal_mask(t: int, device, dtype) -> Tensor:
     return torch.full((t, t), float("-inf"), device=device, dtype=dtype).triu(1)
 
@@ -266,8 +280,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = MLP_REGISTRY[config.mlp](config)
 
-    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, bias)
+    def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None,
+                seq_len: int | None = None) -> Tensor:
+        """``x`` [B, T, d_model], or [B * T, d_model] with ``seq_len`` = T (see ``Attention``)."""
+        x = x + self.attn(self.attn_norm(x), positions, bias, seq_len)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -306,25 +322,30 @@ class Transformer(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
         if idx.dim() != 2:
             raise ValueError(f"idx must be [batch, time] token ids, got shape {tuple(idx.shape)}")
-        t = idx.shape[1]
+        b, t = idx.shape
         positions = torch.arange(t, device=idx.device)
         x = self.drop(self.encoding.embed(self.embed(idx), positions))
         bias = self.encoding.attn_bias(t, t, idx.device, x.dtype)
         if bias is not None:
             bias = bias + _causal_mask(t, idx.device, bias.dtype)
+        hooked = type(self.encoding).block_hook is not PositionalEncoding.block_hook
+        x = x.view(b * t, -1)  # the residual stream as [tokens, d_model] (see Attention.forward)
         for i, block in enumerate(self.blocks):
             # positions=None: rotary encodings use their cached 0..T-1 table (no per-layer check).
-            x = self.encoding.block_hook(i, block(x, None, bias))
+            x = block(x, None, bias, t)
+            if hooked:
+                x = self.encoding.block_hook(i, x.view(b, t, -1)).reshape(b * t, -1)
         h = self.norm(x)
         if targets is None:
-            return ModelOutput(logits=self.head(h))
+            return ModelOutput(logits=self.head(h).view(b, t, -1))
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
         if self._chunked_loss(targets):
             logits, lm_loss = None, linear_cross_entropy(h, self.head.weight, targets)
         else:
             logits = self.head(h)
-            lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            lm_loss = F.cross_entropy(logits.float(), targets.reshape(-1))
+            logits = logits.view(b, t, -1)
         aux = self.aux_loss(h.device)
         return ModelOutput(logits=logits, loss=lm_loss + aux, lm_loss=lm_loss, aux_loss=aux)
 

@@ -103,6 +103,31 @@ def test_bad_input_shape():
         Transformer(tiny())(torch.zeros(5, dtype=torch.long))
 
 
+
+@pytest.mark.parametrize("encoding", ["rope", "alibi"])
+def test_block_on_flattened_tokens_equals_batched(encoding):
+    """The model runs its residual stream as [B * T, d]; a block given that with seq_len = T
+    computes what it computes on [B, T, d] (values and input gradients), and a flat input whose
+    length seq_len does not divide is a clear error."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(encoding=encoding))
+    block, t = model.blocks[0], 6
+    bias = model.encoding.attn_bias(t, t, "cpu", torch.float32)
+    if bias is not None:
+        bias = bias + torch.full((t, t), float("-inf")).triu(1)
+    x = torch.randn(3, t, model.config.d_model, requires_grad=True)
+    flat = x.detach().reshape(3 * t, -1).requires_grad_()
+    y, y_flat = block(x, None, bias), block(flat, None, bias, seq_len=t)
+    assert y_flat.shape == (3 * t, model.config.d_model)
+    torch.testing.assert_close(y_flat.view(3, t, -1), y, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_flat.backward(g.view(3 * t, -1))
+    torch.testing.assert_close(flat.grad.view(3, t, -1), x.grad, rtol=1e-6, atol=1e-6)
+    for seq_len in (None, 0, 4):
+        with pytest.raises(ValueError, match="seq_len"):
+            block(flat, None, bias, seq_len=seq_len)
+
 def test_load_hf_model_from_a_local_folder(tmp_path):
     from lib.models import load_hf_model
 
