@@ -346,7 +346,9 @@ class Transformer(nn.Module):
             logits = self.head(h)
             lm_loss = F.cross_entropy(logits.float(), targets.reshape(-1))
             logits = logits.view(b, t, -1)
-        aux = self.aux_loss(h.device)
+        aux = self._aux_losses()
+        if aux is None:  # a dense model: no add (and no autograd node) for a zero
+            return ModelOutput(logits=logits, loss=lm_loss, lm_loss=lm_loss, aux_loss=torch.zeros((), device=h.device))
         return ModelOutput(logits=logits, loss=lm_loss + aux, lm_loss=lm_loss, aux_loss=aux)
 
     def _chunked_loss(self, targets: Tensor) -> bool:
@@ -357,12 +359,17 @@ class Transformer(nn.Module):
         return impl == "chunked"
 
     def aux_loss(self, device) -> Tensor:
-        """Sum of the auxiliary losses MLP layers set on their last forward (MoE balancing)."""
-        total = torch.zeros((), device=device)
+        """Sum of the auxiliary losses MLP layers set on their last forward (MoE balancing);
+        zero for a dense model."""
+        total = self._aux_losses()
+        return torch.zeros((), device=device) if total is None else total
+
+    def _aux_losses(self) -> Tensor | None:
+        total = None
         for block in self.blocks:
             aux = getattr(block.mlp, "aux_loss", None)
             if aux is not None:
-                total = total + aux
+                total = aux if total is None else total + aux
         return total
 
     @torch.no_grad()

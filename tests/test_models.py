@@ -201,3 +201,11 @@ def test_rmsnorm_equals_torch_and_transformers():
         ours(torch.randn(2, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="one dimension"):
         RMSNorm((4, 4))
+
+
+def test_dense_model_loss_is_the_lm_loss():
+    """A dense model has no auxiliary loss: loss is lm_loss itself and aux_loss a zero."""
+    model = Transformer(tiny())
+    x = torch.randint(0, model.config.vocab_size, (2, 8))
+    out = model(x, x)
+    assert out.loss is out.lm_loss and out.aux_loss.item() == 0.0 and model.aux_loss("cpu").item() == 0.0
