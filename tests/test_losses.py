@@ -108,3 +108,32 @@ def test_model_auto_chunks_only_large_training_losses():
         ModelConfig(loss_impl="fused")
     with pytest.raises(ValueError, match="targets"):
         model(idx, idx[:, :-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("shutil").which(__import__("os").environ.get("CXX", "g++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_chunked_loss_equals_eager_full_loss():
+    """Under torch.compile the chunked loss ("auto" picks it there too) gives the eager full
+    loss's value and gradients, ignored targets included, without breaking the graph."""
+    import torch._dynamo
+
+    idx = torch.randint(0, 300, (3, 16))
+    targets = idx.clone()
+    targets[0, :5] = -100
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, max_seq_len=16,
+                                    loss_impl="chunked"))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break is an error
+    out = compiled(idx, targets)
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.config.loss_impl = "full"
+    ref = model(idx, targets)
+    ref.loss.backward()
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
