@@ -346,10 +346,9 @@ class Transformer(nn.Module):
             logits = self.head(h)
             lm_loss = F.cross_entropy(logits.float(), targets.reshape(-1))
             logits = logits.view(b, t, -1)
-        aux = self._aux_losses()
-        if aux is None:  # a dense model: no add (and no autograd node) for a zero
-            return ModelOutput(logits=logits, loss=lm_loss, lm_loss=lm_loss, aux_loss=torch.zeros((), device=h.device))
-        return ModelOutput(logits=logits, loss=lm_loss + aux, lm_loss=lm_loss, aux_loss=aux)
+        aux = self._aux_losses()  # None for a dense model: no add (and autograd node) for a zero
+        return ModelOutput(logits=logits, loss=lm_loss if aux is None else lm_loss + aux, lm_loss=lm_loss,
+                           aux_loss=torch.zeros((), device=h.device) if aux is None else aux)
 
     def _chunked_loss(self, targets: Tensor) -> bool:
         impl = self.config.loss_impl
