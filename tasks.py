@@ -4,7 +4,9 @@
     invoke run [--profile quick|full] [--only 01,03] [--device cuda]
                                                execute notebooks headlessly (papermill) into build/
     invoke refresh [--only 01]                 re-execute notebooks in place (quick profile)
-    invoke test [--fast]                       unit tests, then nbval over every notebook
+    invoke test [--fast] [--latest]            unit tests, then nbval over every notebook
+                                               (--latest: in a throwaway env of the newest releases)
+    invoke lock                                re-resolve constraints.txt, the tested environment
     invoke bench [--only schedules]            run benchmarks/ and print their tables
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +26,10 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+LOCK = ROOT / "constraints.txt"
+# The torch release the lock pins: a local CPU wheel on the CI machines, and the release a GPU
+# user's CUDA build (2.13.0+cuXXX) must match, since `==2.13.0` admits any local build label.
+LOCKED_TORCH = "2.13.0"
 # Outer wall-clock limits per notebook (seconds): papermill can hang after the last cell.
 TIMEOUT = {"quick": 20 * 60, "full": 6 * 60 * 60}
 
@@ -157,9 +164,19 @@ def _strip_volatile_metadata(nb: dict) -> None:
 @task(help={
     "fast": "unit tests only (skip nbval over the notebooks)",
     "workers": "pytest-xdist workers for the unit tests (default 2)",
+    "only": "comma-separated notebook prefixes for nbval, e.g. 01,03",
+    "latest": "run the suite in a throwaway env (build/latest-env) of the newest releases",
+    "latest_torch": "with --latest, let torch float too (may pull a multi-GB CUDA build)",
 })
-def test(c, fast: bool = False, workers: int = 2, only: str | None = None):
+def test(c, fast: bool = False, workers: int = 2, only: str | None = None, latest: bool = False,
+         latest_torch: bool = False):
     """Unit tests, then nbval re-executing every notebook and checking its key outputs."""
+    if latest:
+        python = _latest_env(c, latest_torch)
+        flags = " --fast" if fast else ""
+        flags += f" --only {only}" if only else ""
+        c.run(f"{python} -m invoke test --workers {workers}{flags}", pty=False)
+        return
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg")
     c.run(f"{sys.executable} -m pytest tests -q -n {workers}", env=env, pty=False)
     if fast:
@@ -168,6 +185,81 @@ def test(c, fast: bool = False, workers: int = 2, only: str | None = None):
     c.run(f"{sys.executable} -m pytest -q --nbval-lax "
           f"--nbval-sanitize-with {SANITIZE.relative_to(ROOT)} --nbval-cell-timeout=900 {books}",
           env=env, pty=False)
+
+
+def _latest_env(c, latest_torch: bool) -> str:
+    """A fresh venv with the newest release of every dependency (the lock ignored); its python.
+
+    torch stays at the locked release unless ``latest_torch``: a floating torch on a CPU machine
+    pulls PyPI's CUDA build (several GB), which is a different question from API drift.
+    """
+    env_dir = BUILD / "latest-env"
+    if env_dir.exists():
+        import shutil
+
+        shutil.rmtree(env_dir)
+    c.run(f"{sys.executable} -m venv {env_dir}", pty=False)
+    python = env_dir / "bin" / "python"
+    torch_req = "torch" if latest_torch else f"torch=={LOCKED_TORCH}"
+    c.run(f"{python} -m pip install -q --upgrade pip", pty=False)
+    c.run(f'{python} -m pip install -q --upgrade "{torch_req}" -e "{ROOT}[dev]"', pty=False)
+    c.run(f"{python} -m pip list --format=freeze > {env_dir / 'versions.txt'}", pty=False)
+    drift = _diff_against_lock(env_dir / "versions.txt")
+    print("newest releases that differ from constraints.txt:\n  " + ("\n  ".join(drift) or "(none)"))
+    return str(python)
+
+
+def _read_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def _diff_against_lock(freeze: Path) -> list[str]:
+    locked, now = _read_pins(LOCK), _read_pins(freeze)
+    return [f"{name}: {locked[name]} -> {now[name]}" for name in sorted(locked)
+            if name in now and now[name].split("+")[0] != locked[name].split("+")[0]]
+
+
+@task(help={"upgrade": "re-resolve every package to its newest release (default: keep pins that still fit)"})
+def lock(c, upgrade: bool = False):
+    """Re-resolve constraints.txt from pyproject.toml (all extras) with pip-compile.
+
+    torch is pinned to ``LOCKED_TORCH`` and written without its build label, so the CPU wheel
+    used here and a GPU user's CUDA build of the same release both satisfy the lock.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pin = Path(tmp) / "torch.txt"
+        pin.write_text(f"torch=={LOCKED_TORCH}\n")
+        extras = " ".join(f"--extra {e}" for e in _extras())
+        c.run(f"{sys.executable} -m piptools compile {ROOT / 'pyproject.toml'} {extras} "
+              f"-c {pin} -o {LOCK} --strip-extras --no-emit-index-url --no-emit-find-links "
+              f"--no-header --quiet {'--upgrade' if upgrade else ''}", pty=False)
+    text = re.sub(r"^(torch==[^+\s]+)\+\S+", r"\1", LOCK.read_text(), flags=re.M)
+    text = text.replace(f"({ROOT / 'pyproject.toml'})", "(pyproject.toml)")
+    LOCK.write_text(_LOCK_HEADER.format(python=f"{sys.version_info.major}.{sys.version_info.minor}")
+                    + re.sub(r"-c /\S+", "-c torch pin", text).rstrip() + "\n")
+    print(f"wrote {LOCK.relative_to(ROOT)} ({len(_read_pins(LOCK))} pinned packages)")
+
+
+_LOCK_HEADER = """\
+# The tested environment: every direct and transitive dependency at the version CI runs with.
+# Resolved for Python {python} on Linux by `invoke lock` (pip-compile over pyproject.toml and all
+# its extras); use it as constraints: pip install -e ".[dev]" -c constraints.txt
+"""
+
+
+def _extras() -> list[str]:
+    import tomllib
+
+    return sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                  .get("optional-dependencies", {}))
 
 
 @task(help={"only": "comma-separated benchmark names, e.g. schedules,models"})

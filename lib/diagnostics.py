@@ -264,7 +264,7 @@ def attractor_vs_kv_memory(lengths, *, d_model: int = 64, n_layers: int = 2, n_h
     recurrent state of an attractor in every layer after stepping token by token through
     ``min(length, measure_up_to)`` tokens (the state is updated in place, so its size is fixed)."""
     from lib.encodings import build_encoding
-    from lib.hf_adapter import tiny_llama
+    from lib.hf_adapter import output_cache, tiny_llama
 
     lengths = _check_offsets(lengths)
     head_dim = d_model // n_heads
@@ -275,7 +275,7 @@ def attractor_vs_kv_memory(lengths, *, d_model: int = 64, n_layers: int = 2, n_h
     rows = []
     for t in lengths.tolist():
         if t <= measure_up_to:
-            cache = model(torch.randint(0, 128, (batch, t)), use_cache=True).past_key_values
+            cache = output_cache(model(torch.randint(0, 128, (batch, t)), use_cache=True))
             kv, how = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers), "measured"
         else:
             kv, how = kv_cache_nbytes(n_layers, batch, t, n_heads, head_dim), "closed form"

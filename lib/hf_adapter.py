@@ -161,3 +161,13 @@ def tiny_llama(arch: str = "llama", *, vocab_size: int = 128, hidden_size: int =
                      attn_implementation=attn_implementation)
     torch.manual_seed(seed)
     return cls_model(config).eval()
+
+
+def output_cache(output):
+    """The KV cache a transformers forward with ``use_cache=True`` returned.
+
+    transformers 5.24 renamed the output field ``past_key_values`` to ``cache`` and warns on the
+    old name; reading whichever the installed release fills keeps both working without a warning.
+    """
+    keys = output.keys() if hasattr(output, "keys") else ()
+    return output["cache"] if "cache" in keys else output.past_key_values

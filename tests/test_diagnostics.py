@@ -14,7 +14,7 @@ import torch
 
 from lib import diagnostics as D
 from lib.encodings import build_encoding
-from lib.hf_adapter import tiny_llama
+from lib.hf_adapter import output_cache, tiny_llama
 
 DIMS = dict(d_model=128, n_heads=1, head_dim=128, max_seq_len=1024)
 PI_60 = "3.141592653589793238462643383279502884197169399375105820974944"
@@ -130,7 +130,7 @@ def test_attention_entropy_of_uniform_causal_map():
 def test_kv_cache_closed_form_matches_transformers_cache():
     model = tiny_llama("llama", hidden_size=64, n_heads=4, n_kv_heads=2, n_layers=2)
     with torch.no_grad():
-        cache = model(torch.randint(0, 128, (3, 37)), use_cache=True).past_key_values
+        cache = output_cache(model(torch.randint(0, 128, (3, 37)), use_cache=True))
     measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     assert measured == D.kv_cache_nbytes(n_layers=2, batch=3, seq_len=37, n_kv_heads=2, head_dim=16)
 

@@ -5,7 +5,6 @@ parameters, and published results (Epoch AI's Chinchilla replication, Llama 3's 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,10 +29,6 @@ from lib.scaling import (
     plan_sweep,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference data absent")
-
-
 BUDGETS = np.logspace(18, 22, 5)
 
 
@@ -48,8 +43,8 @@ def synthetic_isoflop(params, sigma, seed, budgets=BUDGETS, n_sizes=9, span=64.0
     return C, N, D, loss
 
 
-def chinchilla_points():
-    d = pd.read_csv(REFERENCE / "chinchilla_svg_extracted.csv").sort_values("loss").iloc[:-5]
+def chinchilla_points(reference):
+    d = pd.read_csv(reference / "chinchilla_svg_extracted.csv").sort_values("loss").iloc[:-5]
     N, C = d["Model Size"].to_numpy(), d["Training FLOP"].to_numpy()
     return N, C / (6 * N), d["loss"].to_numpy()
 
@@ -209,11 +204,10 @@ def test_fit_parametric_validates():
         ParametricFit.from_params(HOFFMANN_2022).ci()
 
 
-@needs_reference
-def test_epoch_replication_on_chinchilla_points():
+def test_epoch_replication_on_chinchilla_points(reference_data):
     """Acceptance: Besiroglu et al. (2024) refit Chinchilla's Figure-4 points (240 after
     dropping the 5 highest losses): E=1.8172, A=482, B=2085, alpha=0.3478, beta=0.3658."""
-    fit = fit_parametric(*chinchilla_points())
+    fit = fit_parametric(*chinchilla_points(reference_data))
     assert fit.alpha == pytest.approx(EPOCH_2024["alpha"], abs=0.01)
     assert fit.beta == pytest.approx(EPOCH_2024["beta"], abs=0.01)
     assert fit.E == pytest.approx(EPOCH_2024["E"], abs=0.02)
@@ -251,19 +245,17 @@ def test_fit_isoflop_warns_on_off_centre_grid_and_validates():
         fit_isoflop([1e18] * 3, [1, 2, 3], [3, 2, 3])
 
 
-@needs_reference
-def test_fit_isoflop_on_llama3_isoflops():
+def test_fit_isoflop_on_llama3_isoflops(reference_data):
     """Llama 3 (Dubey et al. 2024, sec. 3.2.1) report D* ~ C^0.53, hence N* ~ C^0.47."""
-    d = pd.read_csv(REFERENCE / "openathena_llama3_isoflops.csv")
+    d = pd.read_csv(reference_data / "openathena_llama3_isoflops.csv")
     d = d[d["condition"] == "raw_loss"]
     fit = fit_isoflop(d["budget"], d["params"], d["loss"], D=d["tokens"], n_bootstrap=0)
     assert fit.b == pytest.approx(0.53, abs=0.02)
     assert fit.a == pytest.approx(0.47, abs=0.02)
 
 
-@needs_reference
-def test_fit_isoflop_on_epoch_chinchilla_isoflops():
-    d = pd.read_csv(REFERENCE / "openathena_isoflops_transform.csv")
+def test_fit_isoflop_on_epoch_chinchilla_isoflops(reference_data):
+    d = pd.read_csv(reference_data / "openathena_isoflops_transform.csv")
     d = d[(d["source"] == "epochai_chinchilla") & ~d["outlier"]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the cleaned set has every vertex inside its range
