@@ -21,8 +21,8 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from lib import diagnostics as D
 from lib.encodings import build_encoding
+from lib.encodings import diagnostics as D
 
 
 def interleaved(fns: dict, repeats: int, inner: int = 5) -> dict:

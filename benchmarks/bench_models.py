@@ -1,7 +1,7 @@
 """Training throughput and step memory of lib.models.Transformer vs transformers' LlamaForCausalLM.
 
 Same shapes, same run, interleaved repeats; reports tokens/s of forward + backward + AdamW step
-(``lib.train.adamw``, fused, for both models)
+(``lib.training.adamw``, fused, for both models)
 and the ratio ours / Llama (target >= 1.2x on CPU), and the memory one training step holds
 (CPU: tensors saved for backward + params, grads, AdamW state; CUDA: the allocator's peak).
 
@@ -19,9 +19,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_models.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import paired_ratio, paired_times, record
+from lib.core import autocast, pick_device
 from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
-from lib.runtime import autocast, pick_device
-from lib.train import adamw
+from lib.training import adamw
 
 SHAPES = {
     "small": dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, max_seq_len=256),

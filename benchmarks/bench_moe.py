@@ -1,11 +1,11 @@
-"""MoE layer and optimizer-step cost: lib.moe / lib.optim vs their peers, measured in the same run.
+"""MoE layer and optimizer-step cost: lib.models.moe / lib.training.optim vs their peers, measured in the same run.
 
-1. Forward + backward throughput (tokens/s) of ``lib.moe.MoEFeedForward`` (auto, padded-bmm,
+1. Forward + backward throughput (tokens/s) of ``lib.models.moe.MoEFeedForward`` (auto, padded-bmm,
    grouped_mm and sorted-loop dispatch) vs transformers' ``MixtralSparseMoeBlock`` of the same shape and
    weights, with its "eager" and "grouped_mm" ``experts_implementation``; ratio ours / Mixtral
    (target >= 1.5x on CPU against eager). Also the cost a ParameterList layout would add:
    stacking the expert matrices at every forward (and un-stacking the gradient in backward).
-2. Optimizer step time of Muon (``lib.optim.ExpertMuon``, Newton-Schulz in fp32 on CPU, and
+2. Optimizer step time of Muon (``lib.training.optim.ExpertMuon``, Newton-Schulz in fp32 on CPU, and
    in bf16 as torch does) + AdamW vs AdamW alone on a small MoE transformer.
 
 Interleaved repeats, medians; the machine may be shared, so read the ratios.
@@ -25,10 +25,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_moe.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import paired_ratio, paired_times, record
-from lib.models import ModelConfig, Transformer
-from lib.moe import MoEFeedForward, to_hf_mixtral_block
-from lib.optim import build_optimizers
-from lib.runtime import pick_device
+from lib.core import pick_device
+from lib.models import ModelConfig, MoEFeedForward, Transformer, to_hf_mixtral_block
+from lib.training import build_optimizers
 
 SHAPES = {
     "small": dict(d_model=256, d_ff=512, n_experts=8, top_k=2, tokens=2048),
@@ -53,7 +52,7 @@ def layer_throughput(shape: str, repeats: int, steps: int, device) -> dict[str, 
     for mode in ("auto", "padded", "grouped", "sorted"):
         layer = MoEFeedForward(**s, aux_loss_coef=0.0, dispatch=mode).to(device)
         layer.load_state_dict(ours.state_dict())
-        layers[f"lib.moe ({mode})"] = layer
+        layers[f"lib.models.moe ({mode})"] = layer
     for impl in ("eager", "grouped_mm"):
         layers[f"Mixtral ({impl})"] = to_hf_mixtral_block(ours, experts_implementation=impl).to(device)
 
@@ -76,15 +75,15 @@ def layer_throughput(shape: str, repeats: int, steps: int, device) -> dict[str, 
     times = paired_times(fns, repeats, steps, device)
     secs = {k: statistics.median(v) for k, v in times.items()}
     out = {name: tokens / t for name, t in secs.items() if not name.startswith("stack")}
-    out["stack_fraction"] = secs["stack 3 x E expert matrices"] / secs["lib.moe (grouped)"]
-    out["ratio_eager"] = paired_ratio(times, "lib.moe (auto)", "Mixtral (eager)")
-    out["ratio_grouped"] = paired_ratio(times, "lib.moe (auto)", "Mixtral (grouped_mm)")
-    out["auto_path"] = layers["lib.moe (auto)"].last_dispatch
-    floor = record(fns["lib.moe (grouped)"])
+    out["stack_fraction"] = secs["stack 3 x E expert matrices"] / secs["lib.models.moe (grouped)"]
+    out["ratio_eager"] = paired_ratio(times, "lib.models.moe (auto)", "Mixtral (eager)")
+    out["ratio_grouped"] = paired_ratio(times, "lib.models.moe (auto)", "Mixtral (grouped_mm)")
+    out["auto_path"] = layers["lib.models.moe (auto)"].last_dispatch
+    floor = record(fns["lib.models.moe (grouped)"])
     out["floor_s"] = floor.replay_seconds(repeats=repeats, device=device)
     out["gemm_flops"] = floor.gemm_flops
-    out["ours_s"] = secs["lib.moe (grouped)"]
-    out["auto_s"] = secs["lib.moe (auto)"]
+    out["ours_s"] = secs["lib.models.moe (grouped)"]
+    out["auto_s"] = secs["lib.models.moe (auto)"]
     out["eager_s"] = secs["Mixtral (eager)"]
     return out
 
@@ -134,10 +133,10 @@ def main(argv=None) -> None:
           f"threads={torch.get_num_threads()} (median of {repeats} interleaved repeats)")
     print(f"{'layer':<26}{'tokens/s':>12}{'vs Mixtral eager':>18}")
     for name, tps in res.items():
-        if name.startswith("lib.moe") or name.startswith("Mixtral"):
+        if name.startswith("lib.models.moe") or name.startswith("Mixtral"):
             print(f"{name:<26}{tps:>12,.0f}{tps / res['Mixtral (eager)']:>17.2f}x")
     (med, lo, hi), (gmed, glo, ghi) = res["ratio_eager"], res["ratio_grouped"]
-    print(f"speed-up lib.moe (auto, ran {res['auto_path']!r}) / Mixtral eager: {med:.2f}x (per-repeat {lo:.2f}-{hi:.2f}; "
+    print(f"speed-up lib.models.moe (auto, ran {res['auto_path']!r}) / Mixtral eager: {med:.2f}x (per-repeat {lo:.2f}-{hi:.2f}; "
           f"target >= 1.5x on CPU); / Mixtral grouped_mm: {gmed:.2f}x ({glo:.2f}-{ghi:.2f})")
     print(f"kernel floor: the layer's routed GEMMs alone ({res['gemm_flops'] / 1e9:.2f} GFLOP, "
           f"{res['gemm_flops'] / res['floor_s'] / 1e9:.0f} GFLOP/s as grouped_mm) take {res['floor_s'] * 1e3:.2f} ms "

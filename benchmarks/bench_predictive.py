@@ -1,6 +1,6 @@
 """Predictive (hybrid) trainer vs plain training: wall-clock to a held-out target, all overheads in.
 
-Runs every arm of ``lib.predictive_eval`` (plain, the null / linear / EMA / RSSM predictors on a
+Runs every arm of ``lib.experiments.predictive_study`` (plain, the null / linear / EMA / RSSM predictors on a
 forced phase pattern, the gated RSSM, and plain training with the same number of real gradient
 steps) over several seeds, interleaved per seed, and prints the speedup table (paired per seed,
 mean and 95% t-interval; goal >= 1.3x at equal final loss within 1%), step costs as ratios to a
@@ -17,7 +17,8 @@ import time
 import pandas as pd
 import torch
 
-from lib.predictive_eval import (
+from lib.core import pick_device, profile_settings
+from lib.experiments.predictive_study import (
     FULL,
     QUICK,
     forced_real_steps,
@@ -29,7 +30,6 @@ from lib.predictive_eval import (
     step_costs,
     summarize,
 )
-from lib.runtime import pick_device, profile_settings
 
 
 def main() -> None:

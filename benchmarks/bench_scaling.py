@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lib.scaling_fit import (  # noqa: E402
+from lib.scaling import (  # noqa: E402
     EPOCH_2024,
     ParametricFit,
     fit_parametric,

@@ -1,34 +1,19 @@
 """LLM training research workbench.
 
-Components live in flat modules, one concern each (see STYLE in the README):
+Packages by concern, lowest layer first (a module imports its siblings and lower layers only;
+docs/ARCHITECTURE.md draws the layers):
 
-- ``lib.runtime``   device selection, seeding, quick/full profiles, repository paths
-- ``lib.plotting``  the one figure helper every notebook saves through
-- ``lib.schedules`` learning-rate schedules and their torch ``LRScheduler`` adapter
-- ``lib.models``    a small decoder-only transformer with pluggable encodings and MLPs
-- ``lib.data``      the embedded synthetic corpus, local text, tokenizers, batching
-- ``lib.train``     the one training loop
-- ``lib.runs``      the SQLite results store and resumable sweep runner
-- ``lib.encodings`` positional encodings, ``lib.diagnostics`` and ``lib.longctx`` for notebook 02
-- ``lib.scaling``   FLOPs accounting, sweep planning and scaling-law fits (notebook 03)
-- ``lib.moe`` and ``lib.optim``  Mixture-of-Experts layers and Muon/AdamW grouping (notebook 04)
-- ``lib.predictive``  the predictive (hybrid) trainer (notebook 05)
+- ``lib.core``         runtime (devices, seeds, profiles, paths), plotting, checks, stats, registry
+- ``lib.schedules``    learning-rate schedules and their torch ``LRScheduler`` adapter
+- ``lib.data``         the synthetic language, text corpora and tokenizers, long-context tasks
+- ``lib.encodings``    positional encodings, their diagnostics, the transformers adapter
+- ``lib.models``       the transformer, its MoE layer and loss, transformers interop
+- ``lib.training``     the training loop, optimizers, the results store and sweeps
+- ``lib.scaling``      FLOPs accounting, sweep planning, scaling-law fits
+- ``lib.predictive``   the predictive (hybrid) trainer and its predictors
+- ``lib.experiments``  one recipe module per notebook (settings, study runner, figures)
 
-Modules are imported lazily so ``import lib`` stays cheap.
+``import lib`` imports no package; import the one you need (``from lib import schedules``).
 """
 
-from __future__ import annotations
-
-import importlib
-from pathlib import Path
-
 __version__ = "0.1.0"
-
-_HERE = Path(__file__).resolve().parent
-
-
-def __getattr__(name: str):
-    """``lib.<module>`` imports the module on first use (``import lib`` stays cheap)."""
-    if not name.startswith("_") and (_HERE / f"{name}.py").exists():
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module 'lib' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_ENV = "WORKBENCH_REFERENCE_DATA"
@@ -53,3 +54,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"REFERENCE DATA ABSENT: {len(names)} acceptance test(s) did not run "
             f"({', '.join(n.split('::')[-1] for n in names)}); looked in {reference_dir()}",
             red=True, bold=True)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models are dominated by thread hand-offs on a busy 2-core box: use one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

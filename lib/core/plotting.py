@@ -1,0 +1,82 @@
+"""The one figure helper every notebook saves through, plus the house plot style.
+
+``save_figure(fig, "01_schedules", "warmup_cosine")`` writes
+``figures/01_schedules/warmup_cosine.png`` and ``.svg`` under the repository root, whatever
+the kernel's working directory. Files are byte-for-byte reproducible: no dates, no software
+stamps, a fixed SVG hash salt, so re-running a notebook does not churn git.
+Plotly figures go through ``save_plotly`` (a self-contained-but-small HTML page).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lib.core.runtime import figures_dir
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+FORMATS = ("png", "svg")
+
+
+def use_style(context: str = "notebook") -> None:
+    """Seaborn's whitegrid theme with deterministic SVG output."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind")
+    mpl.rcParams["svg.hashsalt"] = "llm-workbench"
+    mpl.rcParams["figure.dpi"] = 100
+    mpl.rcParams["savefig.dpi"] = 120
+    mpl.rcParams["savefig.bbox"] = "tight"
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{kind} must be a simple file name (letters, digits, '_', '-', '.'), got {value!r}"
+        )
+
+
+def save_figure(fig, notebook: str, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Save a matplotlib figure (or seaborn grid) to ``figures/<notebook>/<name>.<fmt>``.
+
+    Returns the written paths. Output is deterministic (see module docstring).
+    """
+    import matplotlib as mpl
+
+    _check_name("notebook", notebook)
+    _check_name("name", name)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"formats must be drawn from {FORMATS}, got {bad}")
+    fig = getattr(fig, "figure", fig)  # seaborn FacetGrid/JointGrid expose .figure
+    if not hasattr(fig, "savefig"):
+        raise ValueError(f"save_figure needs a matplotlib Figure, got {type(fig).__name__}")
+    out_dir = figures_dir(notebook)
+    paths = []
+    with mpl.rc_context({"svg.hashsalt": "llm-workbench"}):
+        for fmt in formats:
+            path = out_dir / f"{name}.{fmt}"
+            metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+            fig.savefig(path, format=fmt, metadata=metadata, bbox_inches="tight")
+            paths.append(path)
+    return paths
+
+
+def save_plotly(fig, notebook: str, name: str) -> Path:
+    """Save a plotly figure as ``figures/<notebook>/<name>.html`` (plotly.js from the CDN)."""
+    _check_name("notebook", notebook)
+    _check_name("name", name)
+    if not hasattr(fig, "to_html"):
+        raise ValueError(f"save_plotly needs a plotly Figure, got {type(fig).__name__}")
+    path = figures_dir(notebook) / f"{name}.html"
+    html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=f"{notebook}-{name}")
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def setup_plotly_for_notebooks() -> None:
+    """Render plotly figures in both JupyterLab and headless (papermill/nbval) runs."""
+    import plotly.io as pio
+
+    pio.renderers.default = "notebook_connected+plotly_mimetype"

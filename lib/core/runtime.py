@@ -1,0 +1,142 @@
+"""Shared notebook plumbing: repository paths, device choice, seeding and run profiles.
+
+Every notebook starts with a tagged ``parameters`` cell holding ``profile = "quick"`` (a CPU
+run of minutes) or ``"full"`` (the real experiment, meant for a GPU) and an optional
+``device``. ``profile_settings`` turns that into the concrete sizes the notebook uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+PROFILES = ("quick", "full")
+DEVICE_ENV = "WORKBENCH_DEVICE"
+ROOT_ENV = "WORKBENCH_ROOT"
+
+
+def repo_root() -> Path:
+    """The workbench's root folder (the one holding ``pyproject.toml`` and ``lib/``).
+
+    Found from the installed package, so it is the same whichever directory a kernel starts
+    in (papermill and nbval start kernels in different folders). ``$WORKBENCH_ROOT``
+    overrides it.
+    """
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).resolve()
+    here = Path(__file__).resolve().parents[2]  # lib/core/runtime.py -> the root
+    if (here / "pyproject.toml").exists():
+        return here
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "pyproject.toml").exists() and (parent / "lib").is_dir():
+            return parent
+    return here
+
+
+def data_dir() -> Path:
+    """``<root>/data``, created on demand."""
+    path = repo_root() / "data"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(notebook: str | None = None) -> Path:
+    """``<root>/figures`` or ``<root>/figures/<notebook>``, created on demand."""
+    path = repo_root() / "figures"
+    if notebook:
+        path = path / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pick_device(preferred: str | None = None):
+    """Choose the compute device: ``preferred`` > ``$WORKBENCH_DEVICE`` > CUDA > MPS > CPU.
+
+    ``preferred`` may be ``None``/``"auto"`` or any string torch accepts (``"cpu"``,
+    ``"cuda:1"``). Asking for a device that is not available is a ``ValueError``.
+    """
+    import torch
+
+    choice = preferred if preferred not in (None, "", "auto") else os.environ.get(DEVICE_ENV)
+    if choice in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError as err:
+        raise ValueError(f"device={choice!r} is not a device torch knows ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={choice!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={choice!r} requested but MPS is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch (all devices); return a NumPy ``Generator`` on ``seed``."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    import torch
+
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    return np.random.default_rng(int(seed))
+
+
+def autocast(device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, a no-op elsewhere (CPU runs stay in fp32 for exactness)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def profile_settings(profile: str, quick: Mapping[str, Any], full: Mapping[str, Any]) -> SimpleNamespace:
+    """Resolve a notebook's sizes for ``profile`` ("quick" for a CPU, "full" for a GPU).
+
+    ``full`` may list only what differs from ``quick``. Returns a namespace with every key
+    plus ``profile``.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    unknown = set(full) - set(quick)
+    if unknown:
+        raise ValueError(f"full profile sets keys the quick profile lacks: {sorted(unknown)}")
+    values = dict(quick)
+    if profile == "full":
+        values.update(full)
+    return SimpleNamespace(profile=profile, **values)
+
+
+def describe_environment() -> dict[str, str]:
+    """Versions and device, for the header cell of every notebook."""
+    import platform
+
+    import torch
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(pick_device()),
+        "threads": str(torch.get_num_threads()),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a declared dependency
+        pass
+    return info

@@ -1,0 +1,83 @@
+"""The decoder-only transformer, its Mixture-of-Experts layer and output loss, and the
+interop with transformers (conversion, tiny reference models, loading local weights).
+"""
+
+from __future__ import annotations
+
+from lib.models.hf import (
+    HF_ARCHS,
+    best_hf_attention,
+    copy_to_hf,
+    hf_config,
+    load_hf_model,
+    output_cache,
+    tiny_llama,
+    to_hf,
+)
+from lib.models.losses import (
+    CHUNK_ELEMENTS,
+    IGNORE_INDEX,
+    chunk_rows,
+    linear_cross_entropy,
+)
+from lib.models.moe import (
+    DISPATCH,
+    PAD_SLACK,
+    MoEFeedForward,
+    grouped_mm_available,
+    moe_layers,
+    routing_summary,
+    to_hf_mixtral_block,
+)
+from lib.models.transformer import (
+    ATTN_IMPLS,
+    CHUNKED_LOSS_MIN_LOGITS,
+    LOSS_IMPLS,
+    MLP_REGISTRY,
+    SPLIT_PROJECTION_MIN_TOKENS,
+    Attention,
+    Block,
+    ModelConfig,
+    ModelOutput,
+    RMSNorm,
+    SwiGLU,
+    Transformer,
+    load_flash_attn,
+    split_projection,
+)
+
+__all__ = [
+    "ATTN_IMPLS",
+    "LOSS_IMPLS",
+    "CHUNKED_LOSS_MIN_LOGITS",
+    "ModelConfig",
+    "ModelOutput",
+    "SPLIT_PROJECTION_MIN_TOKENS",
+    "split_projection",
+    "RMSNorm",
+    "SwiGLU",
+    "MLP_REGISTRY",
+    "load_flash_attn",
+    "Attention",
+    "Block",
+    "Transformer",
+    "DISPATCH",
+    "PAD_SLACK",
+    "grouped_mm_available",
+    "MoEFeedForward",
+    "moe_layers",
+    "routing_summary",
+    "to_hf_mixtral_block",
+    "IGNORE_INDEX",
+    "CHUNK_ELEMENTS",
+    "chunk_rows",
+    "linear_cross_entropy",
+    "HF_ARCHS",
+    "hf_config",
+    "to_hf",
+    "copy_to_hf",
+    "best_hf_attention",
+    "load_hf_model",
+    "tiny_llama",
+    "output_cache",
+]

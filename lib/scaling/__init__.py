@@ -1,0 +1,66 @@
+"""FLOPs and parameter accounting, IsoFLOP sweep planning, and scaling-law fits.
+"""
+
+from __future__ import annotations
+
+from lib.scaling.fit import (
+    EPOCH_2024,
+    HOFFMANN_2022,
+    HOFFMANN_GRID,
+    HUBER_DELTA,
+    PUBLISHED_EXPONENTS,
+    IsoFLOPFit,
+    ParametricFit,
+    chinchilla_table,
+    fit_isoflop,
+    fit_parabola,
+    fit_parametric,
+    fit_parametric_grid,
+    huber,
+    optimal_allocation,
+    parametric_objective,
+)
+from lib.scaling.flops import (
+    CHINCHILLA_TABLE3,
+    MLP_MATRICES,
+    chinchilla_flops_per_token,
+    count_params,
+    flops_6nd,
+    flops_breakdown,
+)
+from lib.scaling.planning import (
+    measure_training_throughput,
+    plan_sweep,
+    real_num_params,
+    shape_for_params,
+    sweep_configs,
+)
+
+__all__ = [
+    "CHINCHILLA_TABLE3",
+    "MLP_MATRICES",
+    "flops_6nd",
+    "flops_breakdown",
+    "chinchilla_flops_per_token",
+    "count_params",
+    "shape_for_params",
+    "real_num_params",
+    "measure_training_throughput",
+    "plan_sweep",
+    "sweep_configs",
+    "HUBER_DELTA",
+    "HOFFMANN_2022",
+    "EPOCH_2024",
+    "PUBLISHED_EXPONENTS",
+    "HOFFMANN_GRID",
+    "huber",
+    "parametric_objective",
+    "ParametricFit",
+    "fit_parametric",
+    "fit_parametric_grid",
+    "optimal_allocation",
+    "chinchilla_table",
+    "fit_parabola",
+    "IsoFLOPFit",
+    "fit_isoflop",
+]

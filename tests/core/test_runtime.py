@@ -1,0 +1,92 @@
+"""lib.core and lib.core: devices, seeds, profiles, deterministic figures from any cwd."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lib.core import plotting, runtime
+
+
+def test_repo_root_holds_the_project():
+    root = runtime.repo_root()
+    assert (root / "pyproject.toml").exists() and (root / "lib" / "core" / "runtime.py").exists()
+
+
+def test_pick_device_prefers_accelerators_and_validates():
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert runtime.pick_device().type == expected
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device"):
+        runtime.pick_device("not-a-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runtime.pick_device("cuda")
+
+
+def test_pick_device_env_override(monkeypatch):
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert runtime.pick_device() == torch.device("cpu")
+
+
+def test_seed_everything_reproduces_all_generators():
+    draws = []
+    for _ in range(2):
+        rng = runtime.seed_everything(7)
+        draws.append((rng.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(-1)
+
+
+def test_profile_settings():
+    s = runtime.profile_settings("full", quick={"steps": 10, "seeds": 3}, full={"steps": 1000})
+    assert (s.profile, s.steps, s.seeds) == ("full", 1000, 3)
+    assert runtime.profile_settings("quick", quick={"steps": 10}, full={}).steps == 10
+    with pytest.raises(ValueError, match="profile"):
+        runtime.profile_settings("medium", quick={}, full={})
+    with pytest.raises(ValueError, match="lacks"):
+        runtime.profile_settings("quick", quick={"a": 1}, full={"b": 2})
+
+
+def _draw(path_prefix):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plotting.use_style()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [1, 0, 1], label="line")
+    ax.legend()
+    paths = plotting.save_figure(fig, "00_test", path_prefix)
+    plt.close(fig)
+    return paths
+
+
+def test_save_figure_is_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.ROOT_ENV, str(tmp_path))
+    first = [hashlib.sha256(p.read_bytes()).hexdigest() for p in _draw("fig")]
+    second = [hashlib.sha256(p.read_bytes()).hexdigest() for p in _draw("fig")]
+    assert first == second
+    assert (tmp_path / "figures" / "00_test" / "fig.png").exists()
+    assert (tmp_path / "figures" / "00_test" / "fig.svg").exists()
+    with pytest.raises(ValueError, match="name"):
+        plotting.save_figure(object(), "00_test", "../escape")
+    with pytest.raises(ValueError, match="matplotlib Figure"):
+        plotting.save_figure(object(), "00_test", "ok")
+
+
+def test_figures_land_in_the_repo_from_any_working_directory(tmp_path):
+    code = ("import lib.core.runtime as r; print(r.figures_dir('x'))")
+    env = {k: v for k, v in os.environ.items() if k != runtime.ROOT_ENV}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert Path(out) == runtime.repo_root() / "figures" / "x"
+    (runtime.repo_root() / "figures" / "x").rmdir()

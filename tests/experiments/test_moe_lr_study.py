@@ -1,0 +1,140 @@
+"""lib.experiments.moe_lr_study: declarative grids, A/A and paired statistics (against closed forms / scipy's
+one-sample forms), and a tiny end-to-end resumable study."""
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib.experiments import moe_lr_study as studies
+from lib.training import RunStore
+
+matplotlib.use("Agg")
+
+TINY = {"vocab_size": 32, "n_train_tokens": 20_000, "n_val_tokens": 4_000, "d_model": 16,
+        "n_layers": 1, "n_heads": 2, "d_ff": 16, "steps": 6, "batch_size": 2, "seq_len": 16,
+        "eval_batches": 2, "eval_batch_size": 4}
+
+
+def test_config_validation_and_grid():
+    with pytest.raises(ValueError, match="unknown study keys"):
+        studies.study_config(learning_rate=0.1)
+    with pytest.raises(ValueError, match="optimizer"):
+        studies.study_config(optimizer="sgd")
+    with pytest.raises(ValueError, match="warmup"):
+        studies.study_config(warmup=1.5)
+    with pytest.raises(ValueError, match="axis"):
+        studies.grid(seed="012")
+    runs = studies.grid({"optimizer": "adamw"}, lr=[0.1, 0.2], seed=[0, 1, 2])
+    assert [(r["lr"], r["seed"]) for r in runs] == [(0.1, 0), (0.1, 1), (0.1, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
+    assert all(r["optimizer"] == "adamw" for r in runs)
+    assert studies.lr_grid(0.02, 3) == [0.01, 0.02, 0.04]
+    assert studies.lr_grid(1e-3, 2, factor=4) == [5e-4, 2e-3]
+    aa = studies.aa_configs(studies.study_config(), [0, 1, 2])
+    assert [(r["seed"], r["repeat"]) for r in aa] == [(0, 0), (1, 0), (2, 0), (0, 1)]
+
+
+def test_dense_equivalent_matches_active_parameters():
+    moe = studies.study_config(**TINY, n_experts=4, top_k=2)
+    dense = studies.dense_equivalent(moe)
+    assert dense["mlp"] == "swiglu" and dense["d_ff"] == 2 * moe["d_ff"]
+    active_moe = studies.build_model(moe).flops_per_token() / 6
+    active_dense = studies.build_model(dense).flops_per_token() / 6
+    router = moe["n_layers"] * moe["n_experts"] * moe["d_model"]
+    assert active_moe - active_dense == router
+
+
+def _frame(diffs, base=3.0, noise=(0.0, 0.01, -0.02, 0.015)):
+    rows = []
+    for seed, (d, e) in enumerate(zip(diffs, noise)):
+        rows.append({"seed": seed, "arm": "a", "lr": 0.1, "val_loss": base + e + d, "diverged": False})
+        rows.append({"seed": seed, "arm": "b", "lr": 0.1, "val_loss": base + e, "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_paired_difference_closed_form():
+    diffs = np.array([-0.05, -0.03, -0.04, -0.06])
+    out = studies.paired_difference(_frame(diffs), {"arm": "a"}, {"arm": "b"})
+    n, mean, sd = 4, diffs.mean(), diffs.std(ddof=1)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    assert out["n"] == 4
+    assert out["mean_diff"] == pytest.approx(mean)
+    assert out["ci_low"] == pytest.approx(mean - half) and out["ci_high"] == pytest.approx(mean + half)
+    tstat = mean / (sd / math.sqrt(n))  # paired t = one-sample t of the differences
+    assert out["t_p"] == pytest.approx(2 * stats.t.sf(abs(tstat), n - 1))
+    assert out["wilcoxon_p"] == pytest.approx(2 / 2**4)  # all 4 differences negative: exact minimum
+    with pytest.raises(ValueError, match="columns"):
+        studies.paired_difference(_frame(diffs), {"nope": 1}, {"arm": "b"})
+    assert studies.verdict(out) == "a better"
+    assert studies.verdict(studies.paired_difference(_frame(diffs), {"arm": "b"}, {"arm": "a"})) == "a worse"
+    mixed = studies.paired_difference(_frame([0.05, -0.05, 0.01, -0.02]), {"arm": "a"}, {"arm": "b"})
+    assert studies.verdict(mixed) == "no detectable difference"
+
+
+def test_summarize_excludes_diverged_and_noise_floor():
+    frame = _frame([0.0, 0.0, 0.0, 0.0])
+    frame.loc[0, "diverged"] = True
+    frame.loc[0, "val_loss"] = float("nan")
+    table = studies.summarize(frame, "arm")
+    a = table[table["arm"] == "a"].iloc[0]
+    assert a["count"] == 3 and a["diverged"] == 1
+    vals = np.array([3.01, 2.98, 3.015])
+    assert a["mean"] == pytest.approx(vals.mean())
+    assert a["ci"] == pytest.approx(stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3))
+    aa = pd.DataFrame({"seed": [0, 1, 2, 0], "repeat": [0, 0, 0, 1], "val_loss": [3.0, 3.1, 2.9, 3.0]})
+    floor = studies.noise_floor(aa)
+    assert floor["seed_std"] == pytest.approx(0.1) and floor["repeat_max_abs_diff"] == 0.0
+    assert studies.best(studies.summarize(_frame([0.1] * 4), "arm"))["arm"].item() == "b"
+
+
+def test_tiny_study_end_to_end_resumable_and_deterministic(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    configs = studies.aa_configs(studies.study_config(**TINY), [0, 1]) + [
+        studies.study_config(**TINY, optimizer="adamw", lr=3e-3, seed=s) for s in (0, 1)]
+    frame = studies.run_study(store, "tiny", configs)
+    assert len(frame) == 5 and (frame["status"] == "done").all()
+    assert np.isfinite(frame["val_loss"]).all() and (frame["val_perplexity"] > 1).all()
+    assert (frame["max_load_ratio"] >= 1).all() and (frame["tokens_per_s"] > 0).all()
+    aa = frame[frame["optimizer"] == "muon"]
+    assert studies.noise_floor(aa)["repeat_max_abs_diff"] == 0.0  # same seed: identical
+    assert aa["val_loss"].nunique() == 2                            # different seeds differ
+    stamp = store.frame("tiny")["finished"].tolist()
+    again = studies.run_study(store, "tiny", configs)                # resumes: nothing reruns
+    assert store.frame("tiny")["finished"].tolist() == stamp and len(again) == 5
+    hist = store.histories("tiny")
+    assert {"step", "loss", "lr"} <= set(hist.columns)
+    # Warm-up counted in optimizer steps: 5% of 6 steps rounds to 0, so lr starts at peak.
+    first = hist.groupby("run_id").first()
+    assert np.allclose(sorted(set(first["lr"].round(6))), [3e-3, 0.02])
+    d = studies.paired_difference(frame, {"optimizer": "muon", "repeat": 0}, {"optimizer": "adamw"})
+    assert d["n"] == 2
+    subset = studies.run_study(store, "tiny", configs[:2])           # rows of just these configs
+    assert subset["seed"].tolist() == [0, 1] and (subset["optimizer"] == "muon").all()
+
+
+def test_plots_draw():
+    rows = []
+    for w in (0.0, 0.05):
+        for f in (0.0, 0.1):
+            for s in range(3):
+                rows.append({"optimizer": "muon", "lr": 0.02, "warmup": w, "floor": f, "seed": s,
+                             "val_loss": 3 + w - f + 0.01 * s * (1 + w), "diverged": False})
+    frame = pd.DataFrame(rows)
+    ax = studies.plot_lr_sensitivity(frame)
+    assert ax.get_xscale() == "log"
+    table = studies.warmup_floor_table(frame, {"warmup": 0.05, "floor": 0.1})
+    cell = table[(table["warmup"] == 0.0) & (table["floor"] == 0.0)].iloc[0]
+    assert cell["mean_diff"] == pytest.approx(0.0 - 0.05 + 0.1 - 0.01 * 1 * 0.05)
+    studies.plot_warmup_floor_heatmap(frame, {"warmup": 0.05, "floor": 0.1})
+
+
+def test_edge_lrs_extends_only_boundary_optima():
+    rows = [("muon", 0.01, 3.0), ("muon", 0.02, 2.9), ("muon", 0.04, 2.8),       # best at top edge
+            ("adamw", 0.001, 3.0), ("adamw", 0.002, 2.7), ("adamw", 0.004, 2.9),  # interior
+            ("sgd", 0.1, 2.5), ("sgd", 0.2, 2.6), ("sgd", 0.05, math.nan)]        # bottom edge, next diverged
+    table = pd.DataFrame(rows, columns=["optimizer", "lr", "mean"])
+    assert studies.edge_lrs(table) == {("muon",): 0.08}
+    assert studies.edge_lrs(table.drop(index=8)) == {("muon",): 0.08, ("sgd",): 0.05}

@@ -1,0 +1,224 @@
+"""lib.training: atomic results store, resumable sweeps (killed mid-way), concurrent use."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib.training import RunStore, make_run_id, run_sweep, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A sweep script run in subprocesses: each run logs "start i" / "end i" to a shared file.
+SWEEP_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from lib.training import RunStore, run_sweep
+    db, log, n, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+    def run(config):
+        with open(log, "a") as f:
+            f.write(f"start {config['i']} {os.getpid()}\\n")
+        time.sleep(pause)
+        with open(log, "a") as f:
+            f.write(f"end {config['i']} {os.getpid()}\\n")
+        return {"square": config["i"] ** 2}
+
+    run_sweep(RunStore(db), "grid", [{"i": i} for i in range(n)], run, progress=False)
+""")
+
+
+def _sweep_process(tmp_path, n, pause):
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs.sqlite"),
+                             str(tmp_path / "log.txt"), str(n), str(pause)], env=env)
+
+
+def _log(tmp_path) -> list[tuple[str, int]]:
+    lines = (tmp_path / "log.txt").read_text().split()
+    return [(lines[k], int(lines[k + 1])) for k in range(0, len(lines), 3)]
+
+
+def test_run_id_is_canonical():
+    a = make_run_id("s", {"lr": 1e-3, "betas": (0.9, 0.95), "seed": 1})
+    assert a == make_run_id("s", {"seed": np.int64(1), "betas": [0.9, 0.95], "lr": np.float64(1e-3)})
+    assert a != make_run_id("t", {"lr": 1e-3, "betas": (0.9, 0.95), "seed": 1})
+    assert a != make_run_id("s", {"lr": 2e-3, "betas": (0.9, 0.95), "seed": 1})
+    assert len(a) == 16 and int(a, 16) >= 0
+
+
+def test_sweep_records_results_skips_done_and_retries_failed(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    calls = []
+
+    def run(config):
+        calls.append(config["x"])
+        if config["x"] == 2 and len(calls) < 5:
+            raise RuntimeError("boom")
+        return {"y": config["x"] * 10, "nested": {"a": config["x"]},
+                "history": pd.DataFrame({"step": [0, 1], "loss": [3.0, 2.0 - config["x"]]})}
+
+    configs = [{"x": x, "seed": 7} for x in range(4)]
+    df = run_sweep(store, "demo", configs, run, progress=False)
+    assert calls == [0, 1, 2, 3]
+    assert list(df["status"]) == ["done", "done", "failed", "done"]
+    assert "RuntimeError: boom" in df.loc[2, "error"]
+    assert df.loc[df.status == "done", "y"].tolist() == [0, 10, 30]
+    assert df["nested.a"].tolist()[:2] == [0, 1] and (df["seed"] == 7).all()
+    assert (df.loc[df.status == "done", "seconds"] >= 0).all()
+    df = run_sweep(store, "demo", configs, run, progress=False)            # only the failed one reruns
+    assert calls == [0, 1, 2, 3, 2] and (df["status"] == "done").all()
+    assert df.set_index("x").loc[2, "attempts"] == 2 and df.set_index("x").loc[0, "attempts"] == 1
+    assert df.set_index("x").loc[2, "error"] is None
+    hist = store.history(make_run_id("demo", configs[3]))
+    assert hist.to_dict("list") == {"step": [0, 1], "loss": [3.0, -1.0]}
+    assert len(store.histories("demo")) == 8
+    assert store.sweeps() == ["demo"] and len(store.frame()) == 4
+    assert store.delete("demo") == 4 and store.frame().empty
+
+
+def test_errors_can_raise_and_bad_results_fail(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(ZeroDivisionError):
+        run_sweep(store, "r", [{"a": 1}], lambda c: {"v": 1 / 0}, progress=False, raise_errors=True)
+    assert store.frame("r")["status"].tolist() == ["failed"]
+    df = run_sweep(store, "r", [{"a": 1}], lambda c: {"v": 1 / 0}, progress=False, retry_failed=False)
+    assert df["attempts"].tolist() == [1]
+    df = run_sweep(store, "bad", [{"a": 1}, {"a": 2}], lambda c: 3.0 if c["a"] == 1 else {"v": object()},
+                   progress=False)
+    assert df["status"].tolist() == ["failed", "failed"]
+    assert "must return a dict" in df.loc[0, "error"] and "not JSON-serializable" in df.loc[1, "error"]
+
+
+def test_frame_values_and_name_collisions(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    df = run_sweep(store, "c", [{"lr": 0.1}], lambda c: {"lr": 0.05, "loss": float("nan"), "status": 1},
+                   progress=False)
+    row = df.iloc[0]
+    assert row["lr"] == 0.1 and row["metrics.lr"] == 0.05 and row["metrics.status"] == 1
+    assert row["status"] == "done" and math.isnan(row["loss"])
+    assert store.get(row["run_id"])["config"] == {"lr": 0.1}
+    assert store.get("nope") is None
+
+
+def test_summarize_matches_scipy_t_interval():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"lr": np.repeat([1, 2], 5), "loss": rng.normal(size=10)})
+    out = summarize(df, "lr", "loss").set_index("lr")
+    for lr in (1, 2):
+        sample = df.loc[df.lr == lr, "loss"]
+        lo, hi = stats.ttest_1samp(sample, 0.0).confidence_interval(0.95)
+        assert out.loc[lr, "mean"] == pytest.approx(sample.mean())
+        assert out.loc[lr, "ci"] == pytest.approx((hi - lo) / 2)
+    with pytest.raises(ValueError, match="columns"):
+        summarize(df, "wd", "loss")
+
+
+def test_bad_input(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValueError, match="not a usable SQLite"):
+        RunStore(junk)
+    with pytest.raises(ValueError, match="folder"):
+        RunStore(tmp_path)
+    store = RunStore(tmp_path / "ok.sqlite")
+    fn = lambda c: {}
+    with pytest.raises(ValueError, match="repeats configs"):
+        run_sweep(store, "s", [{"a": 1}, {"a": 1}], fn, progress=False)
+    with pytest.raises(ValueError, match=r"configs\[1\] must be a dict"):
+        run_sweep(store, "s", [{"a": 1}, [("a", 2)]], fn, progress=False)
+    with pytest.raises(ValueError, match="not JSON-serializable"):
+        run_sweep(store, "s", [{"a": object()}], fn, progress=False)
+    with pytest.raises(ValueError, match="sweep"):
+        run_sweep(store, "", [{"a": 1}], fn, progress=False)
+    with pytest.raises(ValueError, match="status"):
+        store.frame(status="ok")
+    assert store.frame().empty
+
+
+def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
+    n = 8
+    proc = _sweep_process(tmp_path, n, pause=0.3)
+    db = tmp_path / "runs.sqlite"
+    deadline = time.time() + 60
+    done = 0
+    while done < 3 and time.time() < deadline:
+        time.sleep(0.05)
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=5) as con:
+                    done = con.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
+            except sqlite3.OperationalError:   # schema not created yet
+                pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = RunStore(db)
+    before = store.frame("grid")
+    done_before = set(before.loc[before.status == "done", "i"])
+    assert 3 <= len(done_before) < n
+    assert (before.status == "running").sum() <= 1            # the run the kill interrupted
+    # resume in this process: the dead process's "running" run is taken over
+    ran = []
+    df = run_sweep(store, "grid", [{"i": i} for i in range(n)],
+                   lambda c: ran.append(c["i"]) or {"square": c["i"] ** 2}, progress=False)
+    assert (df.status == "done").all() and len(df) == n
+    assert sorted(df["i"]) == list(range(n)) and (df["square"] == df["i"] ** 2).all()
+    assert not set(ran) & done_before and set(ran) | done_before == set(range(n))
+    starts = [i for kind, i in _log(tmp_path) if kind == "start"]
+    assert all(starts.count(i) == 1 for i in done_before)       # nothing done was repeated
+
+
+def test_concurrent_sweeps_share_work_and_readers_never_fail(tmp_path):
+    n = 12
+    RunStore(tmp_path / "runs.sqlite")                          # create the schema first
+    procs = [_sweep_process(tmp_path, n, pause=0.05) for _ in range(2)]
+    reader = RunStore(tmp_path / "runs.sqlite")
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        df = reader.frame("grid")                                # must never raise or see partial rows
+        if (df.status == "done").any():
+            assert df.loc[df.status == "done", "square"].notna().all()
+        reads += 1
+        time.sleep(0.02)
+    assert [p.returncode for p in procs] == [0, 0] and reads > 0
+    df = reader.frame("grid")
+    assert (df.status == "done").all() and sorted(df["i"]) == list(range(n))
+    ends = [i for kind, i in _log(tmp_path) if kind == "end"]
+    assert sorted(ends) == list(range(n))                        # each run executed exactly once
+
+
+def test_interrupts_and_runs_owned_elsewhere(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(store, "k", [{"a": 1}, {"a": 2}], interrupted, progress=False)
+    df = store.frame("k")
+    assert df["status"].tolist() == ["failed"] and df.loc[0, "error"] == "KeyboardInterrupt"
+    # a run another host holds is left alone unless stolen
+    rid = make_run_id("k", {"a": 1})
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE runs SET status = 'running', host = 'elsewhere', pid = 1 WHERE run_id = ?", (rid,))
+    df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False)
+    assert df.set_index("a")["status"].to_dict() == {1: "running", 2: "done"}
+    df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False, steal=True)
+    assert (df["status"] == "done").all() and df["v"].tolist() == [1, 2]
+    assert df.set_index("a").loc[1, "host"] == store.host
