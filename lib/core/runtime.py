@@ -94,6 +94,12 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+def keyed_rng(*words: int) -> np.random.Generator:
+    """A PCG64 generator keyed by integers (seed, stream, split, ...): bit-stable across
+    platforms and numpy versions, and independent streams for different keys."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))
+
+
 def autocast(device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA, a no-op elsewhere (CPU runs stay in fp32 for exactness)."""
     import torch
