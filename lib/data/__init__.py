@@ -1,11 +1,18 @@
-"""Token data: the embedded synthetic language, local text corpora and tokenizers, and the
-long-context retrieval tasks.
+"""Token data for training: the embedded synthetic language, real text, long-context tasks.
+
+- ``lib.data.tokens``: ``TokenData`` (a train/val token corpus with deterministic batching)
+  and ``synthetic_corpus`` / ``SyntheticSource`` (a language with a closed-form entropy rate);
+- ``lib.data.text``: ``text_corpus`` (local files or a Hugging Face dataset as ``TokenData``),
+  the byte and BPE tokenizers, ``read_documents``;
+- ``lib.data.longctx``: the retrieval tasks (passkey, NIAH, MQAR, variable tracking), the
+  ``TaskData`` adapter for ``lib.training`` and the answer-accuracy evaluations.
 """
 
 from __future__ import annotations
 
 from lib.data.longctx import (
     DIGITS,
+    FILLERS,
     FIRST_SYMBOL,
     GENERATORS,
     IGNORE,
@@ -55,6 +62,7 @@ __all__ = [
     "FIRST_SYMBOL",
     "IGNORE",
     "TASKS",
+    "FILLERS",
     "TaskBatch",
     "passkey",
     "niah",

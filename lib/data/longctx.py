@@ -12,7 +12,12 @@ Vocabulary (``vocab_size`` >= 48): 0 pad, 1 bos, 2 needle marker, 3 query marker
 Tasks: ``passkey`` (a digit string hidden in filler, recalled after a query marker),
 ``niah`` (key -> value needles at a chosen depth; ``n_needles > 1`` is RULER's multi-key NIAH),
 ``mqar`` (Zoology's multi-query associative recall), ``variable_tracking`` (RULER's vt: a chain
-of assignments X1 = v, X2 = X1, ... ; query the value of the last variable).
+of assignments X1 = v, X2 = X1, ... ; query the value of the last variable); ``make_task``
+dispatches by name. ``filler`` (one of ``FILLERS``) is random symbols or a repeated sentence.
+
+Training and scoring: ``TaskData`` gives a task ``TokenData``'s batching interface for
+``lib.training``; ``answer_accuracy``, ``accuracy_vs_length`` and ``niah_heatmap`` score a model
+on answer positions only.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lib.core import check_choice, check_fraction, check_int, check_seed
+from lib.data.tokens import SPLITS
+
 PAD, BOS, NEEDLE, QUERY, ASSIGN, SEP = 0, 1, 2, 3, 4, 5
 DIGITS = np.arange(6, 16)
 FIRST_SYMBOL = 16
 IGNORE = -100
 TASKS = ("passkey", "niah", "mqar", "variable_tracking")
+FILLERS = ("random", "repeat")
 
 
 @dataclass
@@ -41,15 +50,6 @@ class TaskBatch:
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
-
-
-def _check(n: int, length: int, vocab_size: int, minimum_length: int) -> None:
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not isinstance(vocab_size, int) or vocab_size < 48:
-        raise ValueError(f"vocab_size must be an integer >= 48, got {vocab_size!r}")
-    if not isinstance(length, int) or length < minimum_length:
-        raise ValueError(f"length must be an integer >= {minimum_length} for this task, got {length!r}")
 
 
 def _finish(seqs: np.ndarray, answer_pos: np.ndarray, meta: dict) -> TaskBatch:
@@ -66,21 +66,22 @@ def _finish(seqs: np.ndarray, answer_pos: np.ndarray, meta: dict) -> TaskBatch:
 
 
 def _filler(rng, n, t, vocab_size, filler):
-    if filler == "random":
+    if check_choice("filler", filler, FILLERS) == "random":
         return rng.integers(FIRST_SYMBOL, vocab_size, size=(n, t))
-    if filler == "repeat":  # one fixed cyclic "sentence" of 7 symbols, like the passkey paper's prose
-        pattern = FIRST_SYMBOL + (np.arange(t) % 7)
-        return np.broadcast_to(pattern, (n, t)).copy()
-    raise ValueError(f"filler must be 'random' or 'repeat', got {filler!r}")
+    # "repeat": one fixed cyclic "sentence" of 7 symbols, like the passkey paper's prose
+    pattern = FIRST_SYMBOL + (np.arange(t) % 7)
+    return np.broadcast_to(pattern, (n, t)).copy()
+
+
+def _check_depth(depth) -> float | None:
+    return None if depth is None else check_fraction("depth", depth)
 
 
 def _depth_positions(rng, n, lo, hi, depth):
     """Start positions in [lo, hi]: at fraction ``depth`` of the span, or uniform if None."""
     if depth is None:
         return rng.integers(lo, hi + 1, size=n)
-    if not 0.0 <= float(depth) <= 1.0:
-        raise ValueError(f"depth must be in [0, 1] or None, got {depth!r}")
-    return np.full(n, lo + int(round(float(depth) * (hi - lo))))
+    return np.full(n, lo + int(round(depth * (hi - lo))))
 
 
 def passkey(n: int, length: int, seed: int = 0, *, n_digits: int = 5, depth: float | None = None,
@@ -89,10 +90,11 @@ def passkey(n: int, length: int, seed: int = 0, *, n_digits: int = 5, depth: flo
 
     ``depth`` in [0, 1] places the passkey at that fraction of the haystack (None: uniform).
     """
-    if not isinstance(n_digits, int) or n_digits <= 0:
-        raise ValueError(f"n_digits must be a positive integer, got {n_digits!r}")
-    _check(n, length, vocab_size, 2 * n_digits + 5)
-    rng = np.random.default_rng(seed)
+    n, vocab_size = check_int("n", n, 1), check_int("vocab_size", vocab_size, 48)
+    n_digits = check_int("n_digits", n_digits, 1)
+    length = check_int("length", length, 2 * n_digits + 5)
+    depth = _check_depth(depth)
+    rng = np.random.default_rng(check_seed("seed", seed))
     seqs = _filler(rng, n, length, vocab_size, filler)
     seqs[:, 0] = BOS
     keys = rng.choice(DIGITS, size=(n, n_digits))
@@ -116,13 +118,13 @@ def niah(n: int, length: int, seed: int = 0, *, depth: float | None = None, n_ne
     The queried needle is placed at ``depth`` of the haystack (others uniformly, without
     overlap); keys are distinct symbols, values are digits. Answers: the m value tokens.
     """
-    if not isinstance(n_needles, int) or n_needles <= 0:
-        raise ValueError(f"n_needles must be a positive integer, got {n_needles!r}")
-    if not isinstance(value_len, int) or value_len <= 0:
-        raise ValueError(f"value_len must be a positive integer, got {value_len!r}")
+    n, vocab_size = check_int("n", n, 1), check_int("vocab_size", vocab_size, 48)
+    n_needles = check_int("n_needles", n_needles, 1)
+    value_len = check_int("value_len", value_len, 1)
     width = value_len + 2
-    _check(n, length, vocab_size, n_needles * width + value_len + 4 + width)
-    rng = np.random.default_rng(seed)
+    length = check_int("length", length, n_needles * width + value_len + 4 + width)
+    depth = _check_depth(depth)
+    rng = np.random.default_rng(check_seed("seed", seed))
     seqs = _filler(rng, n, length, vocab_size, filler)
     seqs[:, 0] = BOS
     tail = length - value_len - 2  # [query] key v1..vm
@@ -156,14 +158,12 @@ def mqar(n: int, length: int, seed: int = 0, *, n_pairs: int = 8, n_queries: int
     Keys and values are disjoint halves of the symbol range; the gap between definitions and
     queries grows with ``length``. Answers: the Q values after the queries.
     """
-    n_queries = n_pairs if n_queries is None else n_queries
-    if not isinstance(n_pairs, int) or n_pairs <= 0 or not isinstance(n_queries, int) or not 0 < n_queries:
-        raise ValueError(f"n_pairs and n_queries must be positive integers, got {n_pairs!r}, {n_queries!r}")
-    _check(n, length, vocab_size, 1 + 2 * n_pairs + 2 * n_queries)
-    half = (vocab_size - FIRST_SYMBOL) // 2
-    if n_pairs > half:
-        raise ValueError(f"n_pairs must be <= {half} for vocab_size {vocab_size}, got {n_pairs}")
-    rng = np.random.default_rng(seed)
+    n, vocab_size = check_int("n", n, 1), check_int("vocab_size", vocab_size, 48)
+    half = (vocab_size - FIRST_SYMBOL) // 2   # keys and values each take half the symbols
+    n_pairs = check_int("n_pairs", n_pairs, 1, half)
+    n_queries = n_pairs if n_queries is None else check_int("n_queries", n_queries, 1)
+    length = check_int("length", length, 1 + 2 * n_pairs + 2 * n_queries)
+    rng = np.random.default_rng(check_seed("seed", seed))
     seqs = np.full((n, length), PAD, dtype=np.int64)
     seqs[:, 0] = BOS
     keys = np.stack([rng.choice(half, size=n_pairs, replace=False) for _ in range(n)]) + FIRST_SYMBOL
@@ -183,10 +183,10 @@ def variable_tracking(n: int, length: int, seed: int = 0, *, n_hops: int = 3, vo
                       filler: str = "random") -> TaskBatch:
     """Assignments ``[assign] X1 d``, ``[assign] X2 X1``, ... scattered in order through filler;
     the query ``[query] X_last`` must be answered with the digit d (n_hops hops back)."""
-    if not isinstance(n_hops, int) or n_hops <= 0:
-        raise ValueError(f"n_hops must be a positive integer, got {n_hops!r}")
-    _check(n, length, vocab_size, 3 * (n_hops + 1) + 4)
-    rng = np.random.default_rng(seed)
+    n, vocab_size = check_int("n", n, 1), check_int("vocab_size", vocab_size, 48)
+    n_hops = check_int("n_hops", n_hops, 1)
+    length = check_int("length", length, 3 * (n_hops + 1) + 4)
+    rng = np.random.default_rng(check_seed("seed", seed))
     seqs = _filler(rng, n, length, vocab_size, filler)
     seqs[:, 0] = BOS
     tail = length - 3  # [query] X_last d
@@ -211,9 +211,7 @@ GENERATORS = {"passkey": passkey, "niah": niah, "mqar": mqar, "variable_tracking
 
 def make_task(task: str, n: int, length: int, seed: int = 0, **kwargs) -> TaskBatch:
     """Dispatch to a generator by name (one of ``TASKS``)."""
-    if task not in GENERATORS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return GENERATORS[task](n, length, seed, **kwargs)
+    return GENERATORS[check_choice("task", task, TASKS)](n, length, seed, **kwargs)
 
 
 class TaskData:
@@ -227,23 +225,26 @@ class TaskData:
     entropy_rate = None
 
     def __init__(self, task: str, vocab_size: int = 64, n_eval: int = 256, **task_kwargs):
-        if task not in GENERATORS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        self.task, self.vocab_size, self.n_eval, self.task_kwargs = task, vocab_size, n_eval, task_kwargs
+        self.task = check_choice("task", task, TASKS)
+        self.vocab_size = check_int("vocab_size", vocab_size, 48)
+        self.n_eval = check_int("n_eval", n_eval, 1)
+        self.task_kwargs = task_kwargs
         self.train = self.val = np.zeros(1, dtype=np.int64)  # token streams do not apply to tasks
-
-    def _seed(self, split: str, step: int, seed: int, rank: int) -> int:
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        return int(np.random.SeedSequence([seed, 0 if split == "train" else 1, step, rank]).generate_state(1)[0])
 
     def batch(self, split: str, step: int, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
               world_size: int = 1):
-        b = make_task(self.task, batch_size, seq_len, self._seed(split, step, seed, rank),
+        check_choice("split", split, SPLITS)
+        world_size = check_int("world_size", world_size, 1)
+        words = [check_seed("seed", seed), 0 if split == "train" else 1, check_int("step", step, 0),
+                 check_int("rank", rank, 0, world_size - 1)]
+        b = make_task(self.task, batch_size, seq_len, int(np.random.SeedSequence(words).generate_state(1)[0]),
                       vocab_size=self.vocab_size, **self.task_kwargs)
         return b.inputs, b.targets
 
     def eval_batches(self, seq_len: int, batch_size: int, max_batches: int | None = None):
+        batch_size = check_int("batch_size", batch_size, 1)
+        if max_batches is not None:
+            max_batches = check_int("max_batches", max_batches, 1)
         count = max(1, self.n_eval // batch_size)
         for i in range(count if max_batches is None else min(count, max_batches)):
             yield self.batch("val", i, batch_size, seq_len, seed=12345)
@@ -252,6 +253,7 @@ class TaskData:
 @torch.no_grad()
 def answer_accuracy(model, batch: TaskBatch, chunk: int = 64) -> dict:
     """Token accuracy over answer positions and exact-match (all answers of a sample right)."""
+    chunk = check_int("chunk", chunk, 1)
     was_training = model.training
     model.eval()
     correct = []
@@ -268,21 +270,25 @@ def answer_accuracy(model, batch: TaskBatch, chunk: int = 64) -> dict:
 
 def accuracy_vs_length(model, task: str, lengths, n: int = 64, seed: int = 1000, **task_kwargs) -> pd.DataFrame:
     """Accuracy on fresh samples at each length (DataFrame: length, token_accuracy, exact_match)."""
+    seed = check_seed("seed", seed)
     rows = []
     for length in lengths:
-        batch = make_task(task, n, int(length), seed + int(length), **task_kwargs)
-        rows.append({"length": int(length), **answer_accuracy(model, batch)})
+        length = check_int("lengths", length, 1)
+        batch = make_task(task, n, length, seed + length, **task_kwargs)
+        rows.append({"length": length, **answer_accuracy(model, batch)})
     return pd.DataFrame(rows)
 
 
 def niah_heatmap(model, lengths, depths, n: int = 32, seed: int = 2000, task: str = "niah",
                  **task_kwargs) -> pd.DataFrame:
     """Exact-match accuracy per (length, depth): the classic needle-in-a-haystack grid (long format)."""
-    if task not in ("niah", "passkey"):
-        raise ValueError(f"task must be 'niah' or 'passkey' (tasks with a depth), got {task!r}")
+    check_choice("task", task, ("niah", "passkey"))   # the tasks with a depth
+    seed = check_seed("seed", seed)
     rows = []
     for length in lengths:
+        length = check_int("lengths", length, 1)
         for j, depth in enumerate(depths):
-            batch = make_task(task, n, int(length), seed + 97 * int(length) + j, depth=float(depth), **task_kwargs)
-            rows.append({"length": int(length), "depth": float(depth), **answer_accuracy(model, batch)})
+            depth = check_fraction("depths", depth)
+            batch = make_task(task, n, length, seed + 97 * length + j, depth=depth, **task_kwargs)
+            rows.append({"length": length, "depth": depth, **answer_accuracy(model, batch)})
     return pd.DataFrame(rows)

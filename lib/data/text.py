@@ -2,8 +2,11 @@
 with bytes (vocab 256) or a ByteLevel BPE trained locally with ``tokenizers``, split into
 train/validation by document, and cached as memory-mapped ``.npy`` token streams.
 
-``text_corpus(...)`` returns the same ``lib.data.TokenData`` as the synthetic corpus, so every
-notebook and ``lib.training`` take either. Re-exported from ``lib.data``.
+- ``read_documents``: the documents of files, a folder or a dataset;
+- ``ByteTokenizer``, ``BPETokenizer`` and ``train_bpe``: the two tokenizers;
+- ``text_corpus``: all of it, as the same ``TokenData`` (``lib.data.tokens``) the synthetic
+  corpus is, so every notebook and ``lib.training`` take either;
+- ``content_hash``: the cache keys.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from lib.core import data_dir
-from lib.data.tokens import TokenData, _check_int, _rng
+from lib.core import check_int, check_number, check_seed, data_dir, keyed_rng
+from lib.data.tokens import TokenData
 
 __all__ = ["TEXT_SUFFIXES", "EOS_TOKEN", "ByteTokenizer", "BPETokenizer", "train_bpe",
            "read_documents", "text_corpus", "content_hash"]
@@ -72,7 +75,7 @@ def train_bpe(documents: list[str], vocab_size: int, path: str | Path) -> BPETok
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    vocab_size = _check_int("vocab_size", vocab_size, 257)
+    vocab_size = check_int("vocab_size", vocab_size, 257)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -101,7 +104,7 @@ def read_documents(source, doc_separator: str | None = "\n\n", pattern: str = "*
     document.
     """
     if max_documents is not None:
-        max_documents = _check_int("max_documents", max_documents)
+        max_documents = check_int("max_documents", max_documents, 1)
     if isinstance(source, (str, Path)) and Path(source).exists():
         root = Path(source)
         files = ([root] if root.is_file() else
@@ -155,16 +158,14 @@ def text_corpus(source, tokenizer: str | Path = "byte", vocab_size: int = 4096,
     ``<data_root>/cache/text/<key>/`` (key: content, tokenizer, split) and memory-mapped.
     ``data_root`` defaults to ``lib.core.data_dir()``. ``read_kwargs`` go to ``read_documents``.
     """
-
-    if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction < 1):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    seed = _check_int("seed", seed, 0)
+    val_fraction = check_number("val_fraction", val_fraction, 0, 1, strict_min=True, strict_max=True)
+    seed = check_seed("seed", seed)
     root = Path(data_root) if data_root is not None else data_dir()
     docs = read_documents(source, **read_kwargs)
     if len(docs) < 2:
         raise ValueError(f"source yields {len(docs)} document(s); a train/validation split needs >= 2 "
                          "(set doc_separator to split a file into documents)")
-    order = np.argsort(_rng(seed, 3).random(len(docs)), kind="stable")
+    order = np.argsort(keyed_rng(seed, 3).random(len(docs)), kind="stable")
     n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
     split_docs = {"val": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
     digest = hashlib.sha256()
@@ -174,7 +175,7 @@ def text_corpus(source, tokenizer: str | Path = "byte", vocab_size: int = 4096,
     if tokenizer == "byte":
         tok = ByteTokenizer()
     elif tokenizer == "bpe":
-        vocab_size = _check_int("vocab_size", vocab_size, 257)
+        vocab_size = check_int("vocab_size", vocab_size, 257)
         train_key = content_hash(corpus_key, seed, val_fraction)
         path = root / "tokenizers" / f"{name or 'bpe'}-{vocab_size}-{train_key}.json"
         tok = BPETokenizer(path) if path.exists() else train_bpe(split_docs["train"], vocab_size, path)

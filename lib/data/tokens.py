@@ -7,10 +7,10 @@ Two kinds of corpus, one container (``TokenData``):
   rate (the best loss any model can reach, in nats/token) is known in closed form, so a
   notebook can say how far a model is from the floor. See ``SyntheticSource`` for the exact
   process and what is computed.
-- ``text_corpus``: local text files or a Hugging Face ``datasets`` dataset, tokenized with
-  bytes (vocab 256) or a ByteLevel BPE trained locally with ``tokenizers``
-  (``lib.data``), split into train/validation by document, cached as ``.npy`` token
-  streams that are memory-mapped on load.
+- ``lib.data.text.text_corpus``: local text files or a Hugging Face ``datasets`` dataset,
+  tokenized with bytes (vocab 256) or a ByteLevel BPE trained locally with ``tokenizers``,
+  split into train/validation by document, cached as ``.npy`` token streams that are
+  memory-mapped on load.
 
 Batching is a pure function of ``(split, step, seed)``: resuming from a checkpoint replays
 exactly the same batches, and ``rank``/``world_size`` slice one global batch so a 2-process
@@ -27,18 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from lib.core import check_choice, check_int, check_number, check_seed, keyed_rng
+
+# The split's number keys its batch generator: train and val windows come from different streams.
 SPLITS = {"train": 1, "val": 2}
-
-
-def _rng(*words: int) -> np.random.Generator:
-    """A PCG64 generator keyed by integers (bit-stable across platforms)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -67,7 +59,7 @@ class TokenData:
     source: Any = None
 
     def __post_init__(self):
-        self.vocab_size = _check_int("vocab_size", self.vocab_size, 2)
+        self.vocab_size = check_int("vocab_size", self.vocab_size, 2)
         for split in SPLITS:
             arr = getattr(self, split)
             if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind not in "iu":
@@ -85,9 +77,7 @@ class TokenData:
                 f"tokens, vocab_size={self.vocab_size}{h})")
 
     def split(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        return getattr(self, split)
+        return getattr(self, check_choice("split", split, SPLITS))
 
     def _windows_fit(self, split: str, seq_len: int) -> np.ndarray:
         tokens = self.split(split)
@@ -109,16 +99,14 @@ class TokenData:
         """
         import torch
 
-        step = _check_int("step", step, 0)
-        batch_size = _check_int("batch_size", batch_size)
-        seq_len = _check_int("seq_len", seq_len)
-        seed = _check_int("seed", seed, 0)
-        world_size = _check_int("world_size", world_size)
-        rank = _check_int("rank", rank, 0)
-        if rank >= world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        step = check_int("step", step, 0)
+        batch_size = check_int("batch_size", batch_size, 1)
+        seq_len = check_int("seq_len", seq_len, 1)
+        seed = check_seed("seed", seed)
+        world_size = check_int("world_size", world_size, 1)
+        rank = check_int("rank", rank, 0, world_size - 1)
         tokens = self._windows_fit(split, seq_len)
-        rng = _rng(seed, step, SPLITS[split])
+        rng = keyed_rng(seed, step, SPLITS[split])
         starts = rng.integers(0, len(tokens) - seq_len, size=batch_size * world_size)
         starts = starts[rank * batch_size:(rank + 1) * batch_size]
         rows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
@@ -127,7 +115,7 @@ class TokenData:
 
     def n_eval_windows(self, seq_len: int, split: str = "val") -> int:
         """How many non-overlapping windows of ``seq_len`` (+1 target) ``split`` holds."""
-        seq_len = _check_int("seq_len", seq_len)
+        seq_len = check_int("seq_len", seq_len, 1)
         return (len(self._windows_fit(split, seq_len)) - 1) // seq_len
 
     def eval_batches(self, seq_len: int, batch_size: int, max_batches: int | None = None,
@@ -140,10 +128,10 @@ class TokenData:
         """
         import torch
 
-        seq_len = _check_int("seq_len", seq_len)
-        batch_size = _check_int("batch_size", batch_size)
+        seq_len = check_int("seq_len", seq_len, 1)
+        batch_size = check_int("batch_size", batch_size, 1)
         if max_batches is not None:
-            max_batches = _check_int("max_batches", max_batches)
+            max_batches = check_int("max_batches", max_batches, 1)
         tokens = self._windows_fit(split, seq_len)
         n_windows = (len(tokens) - 1) // seq_len
         n_batches = -(-n_windows // batch_size)
@@ -234,23 +222,18 @@ class SyntheticSource:
     stationary: np.ndarray = field(init=False, repr=False)   # [K, W]
 
     def __post_init__(self):
-        self.vocab_size = _check_int("vocab_size", self.vocab_size, 8)
-        if self.vocab_size > 2**16:
-            raise ValueError(f"vocab_size must be <= 65536 (ids fit uint16), got {self.vocab_size}")
-        self.n_topics = _check_int("n_topics", self.n_topics)
-        self.seed = _check_int("seed", self.seed, 0)
+        # At most 2**16 ids: samples are stored as uint16.
+        self.vocab_size = check_int("vocab_size", self.vocab_size, 8, 2**16)
+        self.n_topics = check_int("n_topics", self.n_topics, 1)
+        self.seed = check_seed("seed", self.seed)
         n_words = self.vocab_size - 1 - self.n_topics
         if n_words < 2:
             raise ValueError(f"n_topics={self.n_topics} leaves {n_words} words in vocab_size="
                              f"{self.vocab_size}; need at least 2")
-        self.branching = _check_int("branching", self.branching, 2)
-        if self.branching > n_words:
-            raise ValueError(f"branching must be in [2, n_words={n_words}], got {self.branching}")
-        if not (isinstance(self.mean_doc_len, (int, float)) and self.mean_doc_len >= 1):
-            raise ValueError(f"mean_doc_len must be a number >= 1 (words), got {self.mean_doc_len!r}")
-        for name in ("zipf_exponent", "branch_exponent"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+        self.branching = check_int("branching", self.branching, 2, n_words)
+        self.mean_doc_len = check_number("mean_doc_len", self.mean_doc_len, 1)   # words
+        self.zipf_exponent = check_number("zipf_exponent", self.zipf_exponent, 0)
+        self.branch_exponent = check_number("branch_exponent", self.branch_exponent, 0)
         self._build()
 
     @property
@@ -259,7 +242,7 @@ class SyntheticSource:
 
     def _build(self):
         K, W, m = self.n_topics, self.n_words, self.branching
-        rng = _rng(self.seed, 0)
+        rng = keyed_rng(self.seed, 0)
         log_pop = -self.zipf_exponent * np.log(np.arange(1, W + 1))
         succ = np.empty((K, W, m), dtype=np.int64)
         for z in range(K):
@@ -322,7 +305,7 @@ class SyntheticSource:
     # ---- exact information quantities (nats) ----
     @property
     def stop_probability(self) -> float:
-        return 1.0 / float(self.mean_doc_len)
+        return 1.0 / self.mean_doc_len
 
     @property
     def word_entropy_rate(self) -> float:
@@ -377,7 +360,7 @@ class SyntheticSource:
         the best mean validation loss any model with that context can reach; position 0
         averages to ``bigram_entropy`` and late positions approach ``entropy_rate``.
         """
-        seq_len = _check_int("seq_len", seq_len)
+        seq_len = check_int("seq_len", seq_len, 1)
         K, V = self.n_topics, self.vocab_size
         n_windows = (len(tokens) - 1) // seq_len
         if n_windows < 1:
@@ -423,9 +406,9 @@ class SyntheticSource:
 
         The stream starts at a BOS; only its last document may be cut short.
         """
-        n_tokens = _check_int("n_tokens", n_tokens)
+        n_tokens = check_int("n_tokens", n_tokens, 1)
         K, W, m, q = self.n_topics, self.n_words, self.branching, self.stop_probability
-        rng = _rng(self.seed, 1000 + _check_int("stream", stream, 0))
+        rng = keyed_rng(self.seed, 1000 + check_int("stream", stream, 0))
         lengths = np.empty(0, dtype=np.int64)
         while (lengths + 2).sum() < n_tokens:   # doc lengths by inverse CDF of the geometric law
             u = 1.0 - rng.random(max(16, int(n_tokens * q)))
@@ -475,8 +458,8 @@ def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_00
     (2.73) in ~250 steps and 2.43 nats/token at 400 steps (one run, seed 0); going further below ``bigram_entropy``
     takes attention to the topic (the seq_len=64 Bayes floor is 1.88).
     """
-    n_train_tokens = _check_int("n_train_tokens", n_train_tokens, 2)
-    n_val_tokens = _check_int("n_val_tokens", n_val_tokens, 2)
+    n_train_tokens = check_int("n_train_tokens", n_train_tokens, 2)
+    n_val_tokens = check_int("n_val_tokens", n_val_tokens, 2)
     source = SyntheticSource(vocab_size, n_topics, branching, mean_doc_len, zipf_exponent,
                              branch_exponent, seed)
     params = {k: getattr(source, k) for k in ("vocab_size", "n_topics", "branching", "mean_doc_len",
@@ -484,4 +467,5 @@ def synthetic_corpus(n_train_tokens: int = 2_000_000, n_val_tokens: int = 200_00
     meta = {"source": "synthetic", **params, "unigram_entropy": source.unigram_entropy,
             "bigram_entropy": source.bigram_entropy, "word_entropy_rate": source.word_entropy_rate}
     return TokenData(source.sample(n_train_tokens, stream=1), source.sample(n_val_tokens, stream=2),
-                     vocab_size, source.entropy_rate, f"synthetic-s{seed}", meta, source=source)
+                     source.vocab_size, source.entropy_rate, f"synthetic-s{source.seed}", meta,
+                     source=source)

@@ -1,9 +1,25 @@
-"""Positional encodings (the RoPE family, absolute ones and ALiBi, the pi-spiral family, the
-attractor state), their diagnostics, and the adapter that puts one into a transformers model.
+"""Positional encodings: one registry of named variants plugged into ``lib.models``, their
+diagnostics, and the adapter that puts one into a transformers model.
+
+What lives where:
+
+- ``base``: ``ENCODINGS`` (the registry), ``PositionalEncoding`` (the hooks every encoding
+  overrides), the rotary math, ``RotaryEncoding`` and ``build_encoding``
+- ``rope``: RoPE and its context extensions (partial, linear, NTK, dynamic NTK, YaRN, Llama 3)
+- ``absolute``: ``none`` (NoPE), ``sinusoidal`` and ``alibi``
+- ``spiral``: the pi-spiral family (additive, rotary, hybrid)
+- ``attractor``: the attractor state, wrapping another encoding
+- ``diagnostics``: collisions, spectra, relative-position decay, attention maps, cost
+- ``hf``: ``apply_to_hf``, an encoding inside a transformers Llama / Qwen2
+
+An encoding is added by one class in the module of its family, decorated with
+``@ENCODINGS.register("name", set_name=True)``; importing this package imports every variant
+module, so every name is registered whichever module is imported first.
 """
 
 from __future__ import annotations
 
+from lib.encodings.absolute import ALiBi, NoPE, Sinusoidal, alibi_slopes
 from lib.encodings.attractor import (
     ALPHA_MODES,
     INJECT_MODES,
@@ -13,19 +29,8 @@ from lib.encodings.attractor import (
 )
 from lib.encodings.base import (
     ENCODINGS,
-    ALiBi,
-    DynamicNTKRoPE,
-    LinearScaledRoPE,
-    Llama3RoPE,
-    NoPE,
-    NTKScaledRoPE,
-    PartialRoPE,
     PositionalEncoding,
-    RoPE,
     RotaryEncoding,
-    Sinusoidal,
-    YaRN,
-    alibi_slopes,
     apply_rotary,
     build_encoding,
     deinterleave_pairs,
@@ -58,6 +63,15 @@ from lib.encodings.hf import (
     alibi_attention_forward,
     apply_to_hf,
 )
+from lib.encodings.rope import (
+    DynamicNTKRoPE,
+    LinearScaledRoPE,
+    Llama3RoPE,
+    NTKScaledRoPE,
+    PartialRoPE,
+    RoPE,
+    YaRN,
+)
 from lib.encodings.spiral import (
     CONSTANTS,
     SPIRAL_CONSTANTS,
@@ -69,9 +83,12 @@ from lib.encodings.spiral import (
 )
 
 __all__ = [
+    # base
     "ENCODINGS",
     "register",
+    "build_encoding",
     "PositionalEncoding",
+    "RotaryEncoding",
     "split_heads",
     "rotate_half",
     "signed_sine",
@@ -79,8 +96,7 @@ __all__ = [
     "deinterleave_pairs",
     "rotate_interleaved",
     "apply_rotary",
-    "NoPE",
-    "RotaryEncoding",
+    # rope
     "RoPE",
     "PartialRoPE",
     "LinearScaledRoPE",
@@ -88,10 +104,12 @@ __all__ = [
     "DynamicNTKRoPE",
     "YaRN",
     "Llama3RoPE",
+    # absolute
+    "NoPE",
+    "Sinusoidal",
     "alibi_slopes",
     "ALiBi",
-    "Sinusoidal",
-    "build_encoding",
+    # spiral
     "CONSTANTS",
     "SPIRAL_CONSTANTS",
     "spiral_phase",
@@ -99,11 +117,13 @@ __all__ = [
     "first_primes",
     "PiSpiralRotary",
     "PiSpiralHybrid",
+    # attractor
     "ALPHA_MODES",
     "INJECT_MODES",
     "resolve_layers",
     "AttractorMemory",
     "AttractorEncoding",
+    # diagnostics
     "ORIGINAL_OFFSETS",
     "similarity_at_offsets",
     "record_offsets",
@@ -117,6 +137,7 @@ __all__ = [
     "attention_forward",
     "attention_cost",
     "kv_cache_nbytes",
+    # hf
     "ALIBI_ATTENTION",
     "EncodingRotaryEmbedding",
     "alibi_attention_forward",

@@ -25,7 +25,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lib.encodings.base import ENCODINGS, PositionalEncoding, _positive_number, register
+from lib.core import check_bool, check_choice, check_int, check_number, check_positive
+from lib.encodings.base import ENCODINGS, PositionalEncoding
 from lib.encodings.spiral import PiSpiral
 
 ALPHA_MODES = ("fixed", "exp", "learned")
@@ -98,7 +99,7 @@ class AttractorMemory(nn.Module):
         return h_t + self.read(h_t, state / mass if normalize else state), state, mass
 
 
-@register("attractor")
+@ENCODINGS.register("attractor", set_name=True)
 class AttractorEncoding(PositionalEncoding):
     """A ``base`` encoding plus attractor memories injected after the chosen blocks (see module doc)."""
 
@@ -108,26 +109,18 @@ class AttractorEncoding(PositionalEncoding):
                  layers="all", n_layers: int | None = None, normalize: bool = True, chunk: int = 64,
                  constant: str = "pi", **dims):
         super().__init__(**dims)
-        if base == "attractor" or base not in ENCODINGS:
-            raise ValueError(f"base must be a registered non-attractor encoding, got {base!r}")
-        if alpha not in ALPHA_MODES:
-            raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
-        if inject not in INJECT_MODES:
-            raise ValueError(f"inject must be one of {INJECT_MODES}, got {inject!r}")
-        if value not in ("position", "hidden"):
-            raise ValueError(f"value must be 'position' or 'hidden', got {value!r}")
-        for arg, v in (("d_state", d_state), ("chunk", chunk)):
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{arg} must be a positive integer, got {v!r}")
-        alpha_value = _positive_number("alpha_value", alpha_value)
-        if alpha_value >= 1:
-            raise ValueError(f"alpha_value must be in (0, 1), got {alpha_value!r}")
+        check_choice("base", base, sorted(name for name in ENCODINGS if name != "attractor"))
+        self.alpha_mode = check_choice("alpha", alpha, ALPHA_MODES)
+        self.inject = check_choice("inject", inject, INJECT_MODES)
+        self.value = check_choice("value", value, ("position", "hidden"))
+        self.d_state = check_int("d_state", d_state, 1)
+        self.chunk = check_int("chunk", chunk, 1)
+        alpha_value = check_number("alpha_value", alpha_value, 0.0, 1.0, strict_min=True, strict_max=True)
+        self.normalize = check_bool("normalize", normalize)
+        self.horizon = self.max_seq_len if horizon is None else check_int("horizon", horizon, 1)
+        self.c = check_positive("c", c)
         self.base = ENCODINGS[base](**dims, **(base_kwargs or {}))
         self.kind = self.base.kind
-        self.alpha_mode, self.inject, self.value = alpha, inject, value
-        self.normalize, self.chunk, self.d_state = bool(normalize), chunk, d_state
-        self.horizon = int(horizon or self.max_seq_len)
-        self.c = _positive_number("c", c)
         self.layers = resolve_layers(layers, n_layers)
         self.n_layers = n_layers
         if alpha == "learned":

@@ -1,6 +1,6 @@
-"""Positional encodings: a registry of named variants plugged into ``lib.models``.
+"""What every positional encoding shares: the registry, the hook interface, the rotary math.
 
-Every encoding is a ``PositionalEncoding`` module overriding any of four hooks (identity by
+Every encoding is a ``PositionalEncoding`` module overriding any of five hooks (identity by
 default), so one attention implementation serves them all:
 
 - ``embed(x, positions)``       additive encodings, added to token embeddings [B, T, d_model]
@@ -13,11 +13,15 @@ default), so one attention implementation serves them all:
 - ``attn_bias(t_q, t_k, ...)``  additive attention biases [H, t_q, t_k] (ALiBi)
 - ``block_hook(i, h)``          called after block ``i`` (state-carrying variants)
 
-``build_encoding(name, d_model=..., n_heads=..., head_dim=..., max_seq_len=..., **kwargs)``
-looks the name up in ``ENCODINGS``. This module holds the rotary family (RoPE and its context
-extensions, whose frequencies and attention scaling follow transformers'
-``ROPE_INIT_FUNCTIONS``), NoPE, ALiBi and sinusoidal; ``lib.encodings.spiral`` adds the pi-spiral family
-and ``lib.encodings.attractor`` the attractor state, both registering here.
+This module holds ``ENCODINGS`` (a ``lib.core.Registry``), ``PositionalEncoding``, the rotary
+math (``split_heads``, ``rotate_half``, ``signed_sine``, ``interleave_pairs`` /
+``deinterleave_pairs``, ``rotate_interleaved``, ``apply_rotary``), ``RotaryEncoding`` (the base
+of every rotary variant: cos/sin tables, their cache and both layouts) and ``build_encoding``.
+The variants register themselves where they are defined: ``lib.encodings.rope`` (RoPE and its
+context extensions), ``lib.encodings.absolute`` (none, sinusoidal, ALiBi),
+``lib.encodings.spiral`` (the pi-spiral family) and ``lib.encodings.attractor``; the package
+``__init__`` imports them all, so ``build_encoding`` sees every name whichever module is
+imported first.
 
 Every phase-type encoding also exposes ``phasors(positions) -> complex [N, pairs]``: the
 (cos, sin) pairs it applies, as complex numbers. ``lib.encodings.diagnostics`` analyses those.
@@ -25,34 +29,19 @@ Every phase-type encoding also exposes ``phasors(positions) -> complex [N, pairs
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-ENCODINGS: dict[str, type[PositionalEncoding]] = {}
+from lib.core import Registry, check_int
+
+ENCODINGS: Registry[type[PositionalEncoding]] = Registry("encoding")
 
 
 def register(name: str):
-    """Class decorator adding an encoding to ``ENCODINGS`` under ``name``."""
-
-    def deco(cls):
-        if name in ENCODINGS:
-            raise ValueError(f"encoding {name!r} is registered twice")
-        cls.name = name
-        ENCODINGS[name] = cls
-        return cls
-
-    return deco
-
-
-def _positive_number(arg: str, value, minimum: float = 0.0, strict: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        raise ValueError(f"{arg} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
-    return float(value)
+    """Class decorator adding an encoding to ``ENCODINGS`` under ``name`` and storing ``name``
+    as its ``name`` attribute: shorthand for ``ENCODINGS.register(name, set_name=True)``."""
+    return ENCODINGS.register(name, set_name=True)
 
 
 class PositionalEncoding(nn.Module):
@@ -63,11 +52,10 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int):
         super().__init__()
-        for arg, value in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim),
-                           ("max_seq_len", max_seq_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-        self.d_model, self.n_heads, self.head_dim, self.max_seq_len = d_model, n_heads, head_dim, max_seq_len
+        self.d_model = check_int("d_model", d_model, 1)
+        self.n_heads = check_int("n_heads", n_heads, 1)
+        self.head_dim = check_int("head_dim", head_dim, 1)
+        self.max_seq_len = check_int("max_seq_len", max_seq_len, 1)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         return x
@@ -162,13 +150,6 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     return _rotate(q, cos, signed_sin), _rotate(k, cos, signed_sin)
 
 
-@register("none")
-class NoPE(PositionalEncoding):
-    """No positional information at all (causal masking alone breaks permutation symmetry)."""
-
-    kind = "none"
-
-
 class RotaryEncoding(PositionalEncoding):
     """Base of every rotary variant: pair i of each head rotates by ``angle_i(n)``.
 
@@ -261,285 +242,11 @@ class RotaryEncoding(PositionalEncoding):
         return self._pairs_cache[1][:t]
 
 
-def _rope_inv_freq(base: float, dim: int, device=None) -> Tensor:
-    """transformers' float32 formula ``1 / base**(arange(0, dim, 2) / dim)``."""
-    exponent = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
-    return 1.0 / (base ** exponent)
-
-
-@register("rope")
-class RoPE(RotaryEncoding):
-    """Rotary position embedding (Su et al. 2021): pair i rotates by ``n * base**(-2i/d)``.
-
-    Parameters: ``base`` (default 10000). Uses the half-split layout and the float32 frequency
-    formula of transformers' Llama, so logits match ``LlamaForCausalLM`` exactly.
-    """
-
-    def __init__(self, *, base: float = 10000.0, **dims):
-        super().__init__(**dims)
-        self.base = _positive_number("base", base, minimum=1.0)
-        self.register_buffer("inv_freq", self.inverse_frequencies(), persistent=False)
-
-    def rotary_dim(self) -> int:
-        return self.head_dim
-
-    def base_inv_freq(self) -> Tensor:
-        """Unscaled RoPE frequencies of the rotated dims, zero-padded to head_dim/2 pairs."""
-        inv = _rope_inv_freq(self.base, self.rotary_dim())
-        pad = self.head_dim // 2 - inv.numel()
-        return torch.cat((inv, torch.zeros(pad))) if pad else inv
-
-    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
-        return self.base_inv_freq()
-
-    def angles(self, positions: Tensor) -> Tensor:
-        return positions[..., None].float() * self.inv_freq.to(positions.device)
-
-    def extra_repr(self) -> str:
-        return f"base={self.base:g}"
-
-
-@register("rope_partial")
-class PartialRoPE(RoPE):
-    """RoPE on a fraction of each head (GPT-NeoX / Phi ``partial_rotary_factor``).
-
-    ``rotary_fraction`` in (0, 1]: the first ``int(head_dim * f) / 2`` pairs rotate with the
-    RoPE frequencies of a ``head_dim * f``-dim head (transformers' ``partial_rotary_factor``
-    convention); the other pairs have frequency 0 and pass through unrotated (a fixed
-    permutation of NeoX's contiguous layout, so attention is the same up to a relabelling).
-    """
-
-    def __init__(self, *, rotary_fraction: float = 0.5, base: float = 10000.0, **dims):
-        f = _positive_number("rotary_fraction", rotary_fraction)
-        if f > 1:
-            raise ValueError(f"rotary_fraction must be in (0, 1], got {rotary_fraction!r}")
-        self.rotary_fraction = f
-        head_dim = dims.get("head_dim")
-        if isinstance(head_dim, int) and (int(head_dim * f) < 2 or int(head_dim * f) % 2):
-            raise ValueError(f"head_dim * rotary_fraction must be an even integer >= 2, got {head_dim * f}")
-        super().__init__(base=base, **dims)
-
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.rotary_fraction)
-
-
-@register("rope_linear")
-class LinearScaledRoPE(RoPE):
-    """Position interpolation (Chen et al. 2023): positions divided by ``factor`` (= inv_freq / factor)."""
-
-    def __init__(self, *, factor: float = 2.0, base: float = 10000.0, **dims):
-        self.factor = _positive_number("factor", factor, minimum=1.0, strict=False)
-        super().__init__(base=base, **dims)
-
-    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
-        return self.base_inv_freq() / self.factor
-
-
-@register("rope_ntk")
-class NTKScaledRoPE(RoPE):
-    """Static NTK-aware scaling (bloc97 2023): ``base' = base * factor**(d / (d - 2))``.
-
-    High frequencies are kept (local order intact), the lowest is interpolated by ``factor``.
-    """
-
-    def __init__(self, *, factor: float = 2.0, base: float = 10000.0, **dims):
-        self.factor = _positive_number("factor", factor, minimum=1.0, strict=False)
-        d = dims.get("head_dim", 2)
-        super().__init__(base=base * self.factor ** (d / (d - 2)) if d > 2 else base, **dims)
-        self.original_base = float(base)
-
-
-@register("rope_dynamic")
-class DynamicNTKRoPE(RoPE):
-    """Dynamic NTK (emozilla 2023): NTK base re-derived from the current length ``L``.
-
-    ``base' = base * (factor * L / L0 - (factor - 1)) ** (d / (d - 2))`` for ``L > L0``
-    (``L0 = original_max_seq_len``, default ``max_seq_len``), plain RoPE below; ``L`` is the
-    largest position + 1 of the call, as transformers' ``dynamic`` type.
-    """
-
-    cache_ok = False
-
-    def __init__(self, *, factor: float = 2.0, base: float = 10000.0, original_max_seq_len: int | None = None,
-                 **dims):
-        self.factor = _positive_number("factor", factor, minimum=1.0, strict=False)
-        if original_max_seq_len is not None and (not isinstance(original_max_seq_len, int) or original_max_seq_len <= 0):
-            raise ValueError(f"original_max_seq_len must be a positive integer, got {original_max_seq_len!r}")
-        self.original_max_seq_len = int(original_max_seq_len or dims.get("max_seq_len") or 1)
-        super().__init__(base=base, **dims)
-
-    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
-        seq_len = max(int(seq_len or self.original_max_seq_len), self.original_max_seq_len)
-        d = self.head_dim
-        base = self.base * ((self.factor * seq_len / self.original_max_seq_len) - (self.factor - 1)) ** (d / (d - 2))
-        return _rope_inv_freq(base, d)
-
-    def angles(self, positions: Tensor) -> Tensor:
-        return RotaryEncoding.angles(self, positions)
-
-
-@register("yarn")
-class YaRN(RoPE):
-    """YaRN (Peng et al. 2023): NTK-by-parts frequency ramp plus attention temperature.
-
-    Pairs whose wavelength is short against ``original_max_seq_len`` (more than ``beta_fast``
-    rotations) keep their frequency, long ones (< ``beta_slow`` rotations) are interpolated by
-    ``factor``, a linear ramp in between. cos/sin are scaled by ``attention_factor``
-    (default ``0.1 ln(factor) + 1``, or the ``mscale``/``mscale_all_dim`` ratio), so logits
-    scale by its square. Same keys and defaults as transformers' ``yarn`` rope_parameters.
-    """
-
-    def __init__(self, *, factor: float = 4.0, original_max_seq_len: int | None = None, base: float = 10000.0,
-                 beta_fast: float = 32.0, beta_slow: float = 1.0, attention_factor: float | None = None,
-                 mscale: float | None = None, mscale_all_dim: float | None = None, truncate: bool = True,
-                 **dims):
-        self.factor = _positive_number("factor", factor, minimum=1.0, strict=False)
-        self.beta_fast = _positive_number("beta_fast", beta_fast)
-        self.beta_slow = _positive_number("beta_slow", beta_slow)
-        self.truncate = bool(truncate)
-        self._original = original_max_seq_len
-
-        def get_mscale(scale, m=1.0):
-            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-        if attention_factor is None:
-            if mscale and mscale_all_dim:
-                attention_factor = get_mscale(self.factor, mscale) / get_mscale(self.factor, mscale_all_dim)
-            else:
-                attention_factor = get_mscale(self.factor)
-        self.attention_scaling = _positive_number("attention_factor", attention_factor)
-        super().__init__(base=base, **dims)
-
-    @property
-    def original_max_seq_len(self) -> int:
-        return int(self._original or self.max_seq_len)
-
-    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
-        dim, base, orig = self.head_dim, self.base, self.original_max_seq_len
-
-        def correction_dim(rotations):
-            return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
-
-        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
-        if self.truncate:
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, dim - 1)
-        if low == high:
-            high += 0.001
-        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-        pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)
-        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (self.factor * pos_freqs)
-        keep = 1 - ramp
-        return interpolation * (1 - keep) + extrapolation * keep
-
-
-@register("llama3")
-class Llama3RoPE(RoPE):
-    """Llama 3.1 frequency scaling: wavelengths above ``L0 / low_freq_factor`` are divided by
-    ``factor``, below ``L0 / high_freq_factor`` kept, smooth interpolation between
-    (``L0 = original_max_seq_len``). Same keys as transformers' ``llama3`` rope_parameters.
-    """
-
-    def __init__(self, *, factor: float = 8.0, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
-                 original_max_seq_len: int | None = None, base: float = 500000.0, **dims):
-        self.factor = _positive_number("factor", factor, minimum=1.0, strict=False)
-        self.low_freq_factor = _positive_number("low_freq_factor", low_freq_factor)
-        self.high_freq_factor = _positive_number("high_freq_factor", high_freq_factor)
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise ValueError(f"high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})")
-        self._original = original_max_seq_len
-        super().__init__(base=base, **dims)
-
-    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
-        inv_freq = self.base_inv_freq()
-        old = int(self._original or self.max_seq_len)
-        low_wavelen, high_wavelen = old / self.low_freq_factor, old / self.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
-        smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
-        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
-        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-        return torch.where(medium, smoothed, scaled)
-
-
-def alibi_slopes(n_heads: int) -> Tensor:
-    """ALiBi head slopes (Press et al. 2022): ``2**(-8 i / n)`` for i = 1..n when n is a power
-    of two; otherwise the slopes of the closest smaller power of two ``m`` followed by every
-    other slope of ``2m`` (the paper's reference implementation). float32 [n_heads]."""
-    if not isinstance(n_heads, int) or n_heads <= 0:
-        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
-
-    def power_of_two(n):
-        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(n_heads).is_integer():
-        slopes = power_of_two(n_heads)
-    else:
-        m = 2 ** math.floor(math.log2(n_heads))
-        slopes = power_of_two(m) + power_of_two(2 * m)[0::2][: n_heads - m]
-    return torch.tensor(slopes, dtype=torch.float32)
-
-
-@register("alibi")
-class ALiBi(PositionalEncoding):
-    """Attention with linear biases: logit(i, j) += -slope_h * (i - j) for keys j <= i.
-
-    Queries are the last ``t_q`` of the ``t_k`` key positions (KV-cache convention); future
-    keys get bias 0 (the causal mask removes them). No parameters beyond the head count.
-    """
-
-    kind = "bias"
-
-    def __init__(self, **dims):
-        super().__init__(**dims)
-        self.register_buffer("slopes", alibi_slopes(self.n_heads), persistent=False)
-
-    def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor:
-        if t_q > t_k:
-            raise ValueError(f"t_q ({t_q}) must be <= t_k ({t_k})")
-        q_pos = torch.arange(t_k - t_q, t_k, device=device)[:, None]
-        k_pos = torch.arange(t_k, device=device)[None, :]
-        dist = (q_pos - k_pos).clamp(min=0).to(torch.float32)
-        return (-self.slopes.to(device)[:, None, None] * dist).to(dtype)
-
-
-@register("sinusoidal")
-class Sinusoidal(PositionalEncoding):
-    """Vaswani et al. (2017): PE(n, 2i) = sin(n / base**(2i/d)), PE(n, 2i+1) = cos(...), added
-    to the token embeddings times ``scale`` (default 1)."""
-
-    kind = "additive"
-
-    def __init__(self, *, base: float = 10000.0, scale: float = 1.0, **dims):
-        super().__init__(**dims)
-        if self.d_model % 2:
-            raise ValueError(f"sinusoidal encodings need an even d_model, got {self.d_model}")
-        self.base = _positive_number("base", base, minimum=1.0)
-        self.scale = _positive_number("scale", scale)
-
-    def table(self, positions: Tensor) -> Tensor:
-        """[..., d_model] float32 encoding vectors."""
-        i = torch.arange(0, self.d_model, 2, dtype=torch.float64, device=positions.device)
-        ang = positions[..., None].double() / self.base ** (i / self.d_model)
-        out = torch.stack((ang.sin(), ang.cos()), dim=-1).flatten(-2)
-        return (out * self.scale).float()
-
-    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        return x + self.table(positions).to(x.dtype)
-
-    def phasors(self, positions) -> np.ndarray:
-        t = self.table(torch.as_tensor(np.asarray(positions), dtype=torch.long)).double().numpy()
-        return t[..., 1::2] + 1j * t[..., 0::2]
-
-
 def build_encoding(name: str, *, d_model: int, n_heads: int, head_dim: int, max_seq_len: int,
                    **kwargs) -> PositionalEncoding:
     """Instantiate the registered encoding ``name`` for the given model dimensions."""
-    if name not in ENCODINGS:
-        raise ValueError(f"unknown encoding {name!r}; registered: {sorted(ENCODINGS)}")
+    cls = ENCODINGS.get_entry(name)
     try:
-        return ENCODINGS[name](d_model=d_model, n_heads=n_heads, head_dim=head_dim,
-                               max_seq_len=max_seq_len, **kwargs)
+        return cls(d_model=d_model, n_heads=n_heads, head_dim=head_dim, max_seq_len=max_seq_len, **kwargs)
     except TypeError as err:  # unknown keyword: make it a ValueError naming the encoding
         raise ValueError(f"bad arguments for encoding {name!r}: {err}") from None

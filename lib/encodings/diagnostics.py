@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lib.core import check_int_array
+from lib.core import check_choice, check_int, check_int_array
 from lib.encodings.base import PositionalEncoding, RotaryEncoding
 
 ORIGINAL_OFFSETS = (100, 1_000, 5_000, 10_000, 20_000, 50_000)  # the seed's collision probes
@@ -34,8 +34,7 @@ def similarity_at_offsets(encoding: PositionalEncoding, offsets, start: int = 0,
     if not hasattr(encoding, "phasors"):
         raise ValueError(f"encoding {encoding.name!r} has no phasors (only phase-type encodings have a collision "
                          "profile: rotary, sinusoidal, pi-spiral)")
-    if not isinstance(start, (int, np.integer)) or start < 0:
-        raise ValueError(f"start must be a non-negative integer, got {start!r}")
+    start = check_int("start", start, 0)
     off = check_int_array("offsets", offsets)
     z0 = encoding.phasors(np.array([start]))[0]
     out = np.empty(off.size)
@@ -65,8 +64,8 @@ def collision_report(encoding: PositionalEncoding, max_offset: int = 100_000, mi
     "closest": DataFrame of the top_k most similar offsets, "probes": the seed's offsets,
     "max_similarity", "argmax"}``.
     """
-    if not (isinstance(max_offset, int) and isinstance(min_offset, int) and 0 < min_offset < max_offset):
-        raise ValueError(f"need integers 0 < min_offset < max_offset, got {min_offset!r}, {max_offset!r}")
+    min_offset = check_int("min_offset", min_offset, 1)
+    max_offset = check_int("max_offset", max_offset, min_offset + 1)
     offsets = np.arange(min_offset, max_offset + 1)
     sim = similarity_at_offsets(encoding, offsets)
     rec = record_offsets(sim, offsets)
@@ -119,8 +118,7 @@ def spectral_summary(encoding: PositionalEncoding, length: int = 4096, n_dims: i
     """
     if not hasattr(encoding, "phasors"):
         raise ValueError(f"encoding {encoding.name!r} has no phasors")
-    if not isinstance(length, int) or length < 16:
-        raise ValueError(f"length must be an integer >= 16, got {length!r}")
+    length = check_int("length", length, 16)
     z = encoding.phasors(np.arange(length))
     real = np.stack((z.real, z.imag), axis=-1).reshape(length, -1)[:, :n_dims]
     freqs = np.fft.rfftfreq(length)
@@ -154,11 +152,10 @@ def qk_similarity_vs_distance(encoding: PositionalEncoding, distances, n_samples
     ``query="random"``: q = k = Gaussian draws; ``"ones"``: q = k = all-ones (RoFormer's setting).
     """
     dist = check_int_array("distances", distances)
+    check_choice("query", query, ("random", "ones"))
     gen = torch.Generator().manual_seed(seed)
     d = encoding.head_dim
     vec = torch.ones(1, d) if query == "ones" else torch.randn(n_samples, d, generator=gen)
-    if query not in ("ones", "random"):
-        raise ValueError(f"query must be 'random' or 'ones', got {query!r}")
     out = np.empty(dist.size)
     for i, r in enumerate(dist.tolist()):
         pos = torch.tensor([0, r]) if r > 0 else torch.tensor([0, 0])
@@ -202,8 +199,7 @@ def attention_entropy_by_distance(attn: torch.Tensor, max_distance: int | None =
 def attention_forward(encoding: PositionalEncoding, seq_len: int, batch: int = 1, device: str = "cpu"):
     """A zero-argument closure running one causal attention forward (hooks + SDPA) on fixed
     random inputs of ``seq_len`` tokens: the unit that ``attention_cost`` and the benchmark time."""
-    if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seq_len = check_int("seq_len", seq_len, 1)
     h, d = encoding.n_heads, encoding.head_dim
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, h, seq_len, d, generator=gen).to(device) for _ in range(3))

@@ -1,4 +1,4 @@
-"""The pi-spiral family of positional encodings (seed 001), registered into ``lib.encodings``.
+"""The pi-spiral family of positional encodings (seed 001).
 
 - ``pi_spiral``: the original. Position n gets ONE phase ``phi(n) = 2 pi frac(n c)`` for an
   irrational ``c`` (pi, e, sqrt2, phi) or a seeded pseudo-random phase (``prng``); every
@@ -10,9 +10,9 @@
   prime; rationally independent, so no offset realigns all pairs at once) and a geometric
   scale ``s_i = base**(-2i/d)`` (multi-scale like RoPE; ``geometric=False`` drops it).
 - ``pi_spiral_hybrid``: ``w(n) = sigmoid((n - K) / width)``; cos/sin are
-  ``(1 - w) * RoPE + w * spiral`` with both sides computed (the original's forward computed the
-  spiral twice). Since a rotary map is linear in (cos, sin), this equals
-  ``(1-w) RoPE(q) + w Spiral(q)``; in the transition the map is not a pure rotation.
+  ``(1 - w) * RoPE + w * spiral``, each side computed once. Since a rotary map is linear in
+  (cos, sin), this equals ``(1-w) RoPE(q) + w Spiral(q)``; in the transition the map is not a
+  pure rotation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lib.encodings.base import PositionalEncoding, RoPE, RotaryEncoding, _positive_number, register
+from lib.core import check_bool, check_choice, check_number, check_positive, check_seed
+from lib.encodings.base import ENCODINGS, PositionalEncoding, RotaryEncoding
+from lib.encodings.rope import RoPE
 
 CONSTANTS = {
     "pi": math.pi,
@@ -54,15 +56,13 @@ def spiral_phase(positions, constant: str = "pi", seed: int = 0) -> np.ndarray:
     n = np.asarray(positions)
     if n.size and (n.min() < 0 or not np.issubdtype(n.dtype, np.integer)):
         raise ValueError("positions must be non-negative integers")
-    if constant == "prng":
+    if check_choice("constant", constant, SPIRAL_CONSTANTS) == "prng":
         return 2 * math.pi * _splitmix64_unit(seed, n)
-    if constant not in CONSTANTS:
-        raise ValueError(f"constant must be one of {SPIRAL_CONSTANTS}, got {constant!r}")
     x = n.astype(np.float64) * CONSTANTS[constant]
     return 2 * math.pi * (x - np.floor(x))
 
 
-@register("pi_spiral")
+@ENCODINGS.register("pi_spiral", set_name=True)
 class PiSpiral(PositionalEncoding):
     """The original single-phase additive pi-spiral: ``x + scale * [cos phi, sin phi, cos phi, ...]``
     with ``phi(n) = 2 pi frac(n c)``. Parameters: ``constant`` in pi/e/sqrt2/phi/prng,
@@ -72,14 +72,11 @@ class PiSpiral(PositionalEncoding):
 
     def __init__(self, *, constant: str = "pi", seed: int = 0, scale: float = 1.0, **dims):
         super().__init__(**dims)
-        if constant not in SPIRAL_CONSTANTS:
-            raise ValueError(f"constant must be one of {SPIRAL_CONSTANTS}, got {constant!r}")
+        self.constant = check_choice("constant", constant, SPIRAL_CONSTANTS)
         if self.d_model % 2:
             raise ValueError(f"pi_spiral needs an even d_model, got {self.d_model}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.constant, self.seed = constant, seed
-        self.scale = _positive_number("scale", scale)
+        self.seed = check_seed("seed", seed)
+        self.scale = check_positive("scale", scale)
 
     def table(self, positions: Tensor) -> Tensor:
         """[..., d_model] float32: interleaved (cos phi, sin phi) repeated d_model/2 times."""
@@ -110,7 +107,7 @@ def first_primes(n: int) -> list[int]:
     return [int(p) for p in np.flatnonzero(sieve)[:n]]
 
 
-@register("pi_spiral_rotary")
+@ENCODINGS.register("pi_spiral_rotary", set_name=True)
 class PiSpiralRotary(RotaryEncoding):
     """Multi-frequency rotary spiral: pair i rotates by ``2 pi frac(n * c_i * s_i)`` with
     ``c_i = frac(sqrt(p_i))`` (p_i the i-th prime) and ``s_i = base**(-2i/head_dim)``
@@ -118,8 +115,8 @@ class PiSpiralRotary(RotaryEncoding):
 
     def __init__(self, *, base: float = 10000.0, geometric: bool = True, **dims):
         super().__init__(**dims)
-        self.base = _positive_number("base", base, minimum=1.0)
-        self.geometric = bool(geometric)
+        self.base = check_number("base", base, 1.0, strict_min=True)
+        self.geometric = check_bool("geometric", geometric)
         pairs = self.head_dim // 2
         c = np.array([math.sqrt(p) % 1.0 for p in first_primes(pairs)])
         s = self.base ** (-np.arange(0, self.head_dim, 2) / self.head_dim) if self.geometric else np.ones(pairs)
@@ -133,7 +130,7 @@ class PiSpiralRotary(RotaryEncoding):
         return f"base={self.base:g}, geometric={self.geometric}"
 
 
-@register("pi_spiral_hybrid")
+@ENCODINGS.register("pi_spiral_hybrid", set_name=True)
 class PiSpiralHybrid(RotaryEncoding):
     """``(1 - w(n)) * RoPE + w(n) * spiral`` on cos/sin, ``w(n) = sigmoid((n - K) / width)``.
 
@@ -147,13 +144,10 @@ class PiSpiralHybrid(RotaryEncoding):
     def __init__(self, *, K: float | None = None, width: float | None = None, base: float = 10000.0,
                  spiral: str = "rotary", constant: str = "pi", **dims):
         super().__init__(**dims)
-        self.K = _positive_number("K", K if K is not None else self.max_seq_len // 2, strict=False)
-        self.width = _positive_number("width", width if width is not None else max(self.K / 8, 1.0))
-        if spiral not in ("rotary", "single"):
-            raise ValueError(f"spiral must be 'rotary' or 'single', got {spiral!r}")
-        if constant not in SPIRAL_CONSTANTS:
-            raise ValueError(f"constant must be one of {SPIRAL_CONSTANTS}, got {constant!r}")
-        self.spiral, self.constant = spiral, constant
+        self.K = check_positive("K", K if K is not None else self.max_seq_len // 2, allow_zero=True)
+        self.width = check_positive("width", width if width is not None else max(self.K / 8, 1.0))
+        self.spiral = check_choice("spiral", spiral, ("rotary", "single"))
+        self.constant = check_choice("constant", constant, SPIRAL_CONSTANTS)
         self.rope = RoPE(base=base, **dims)
         self.spiral_rotary = PiSpiralRotary(base=base, **dims)
 

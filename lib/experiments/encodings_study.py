@@ -12,7 +12,7 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from lib.core import check_int_array, seed_everything
+from lib.core import check_int, check_int_array, seed_everything
 from lib.data import TaskData, accuracy_vs_length, niah_heatmap
 from lib.encodings import build_encoding, kv_cache_nbytes
 from lib.models import ModelConfig, Transformer, output_cache, tiny_llama
@@ -59,6 +59,7 @@ def evaluate_extrapolation(model, task: str, train_len: int, eval_lens, seed: in
     ``"factor": "auto"`` uses ``max(1, length / train_len)`` at each length. ``depths`` (tasks
     niah/passkey) adds a length x depth exact-match grid over ``heatmap_lens`` (default eval_lens).
     """
+    check_int("n_eval", n_eval, 1)
     kw = dict(task_kwargs or {}, vocab_size=model.config.vocab_size)
     rows, heat = [], []
     for length in eval_lens:
@@ -127,6 +128,9 @@ def attractor_vs_kv_memory(lengths, *, d_model: int = 64, n_layers: int = 2, n_h
     recurrent state of an attractor in every layer after stepping token by token through
     ``min(length, measure_up_to)`` tokens (the state is updated in place, so its size is fixed)."""
     lengths = check_int_array("lengths", lengths, 1)
+    for name, value in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads),
+                        ("d_state", d_state), ("batch", batch), ("measure_up_to", measure_up_to)):
+        check_int(name, value, 1)
     head_dim = d_model // n_heads
     model = tiny_llama("llama", hidden_size=d_model, n_layers=n_layers, n_heads=n_heads,
                        max_position_embeddings=int(lengths.max()), attn_implementation="sdpa")

@@ -1,4 +1,5 @@
-"""Declarative optimizer / learning-rate / schedule studies, run through ``lib.training``.
+"""Notebook 04's recipe: declarative optimizer / learning-rate / schedule studies of an MoE
+model, run through ``lib.training``.
 
 A run is one flat, JSON-able config dict (``study_config``): corpus, model, optimizer, peak
 LR, warm-up fraction and LR floor of a warm-up + cosine schedule counted in OPTIMIZER steps
@@ -16,13 +17,22 @@ Metrics (``run_config``): held-out validation ``val_loss`` (nats/token), ``val_a
 validation documents independently), ``train_loss``, ``tokens_per_s``, routing balance of
 the trained model on validation batches (``max_load_ratio``, ``load_cv``,
 ``router_entropy``, ``overflow_share``), parameter counts, ``diverged``.
+
+Analysis (``summarize``, ``paired_difference``, ``noise_floor``) selects runs from a study's
+frame and hands them to ``lib.core``'s statistics (Student-t intervals, paired t and Wilcoxon
+tests); ``verdict`` is ``lib.core.verdict``.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import itertools
+import json
 import math
+import subprocess
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,12 +40,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from lib.core import (
+    check_choice,
+    check_int,
+    check_number,
+    check_positive,
+    t_critical,
+    verdict,
+)
+from lib.core import paired_difference as paired_series_difference
+from lib.core import summarize as summarize_groups
 from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer, routing_summary
 from lib.schedules import WarmupCosine
 from lib.training import RunStore, TrainConfig, build_optimizers, make_run_id, run_sweep, train
-from lib.training import summarize as t_summary
+
+__all__ = [
+    "DEFAULTS", "OPTIMIZERS", "MLPS", "ROUTING_KEYS", "INT_KEYS",
+    "study_config", "grid", "lr_grid", "aa_configs", "dense_equivalent",
+    "build_model", "run_config", "run_study", "main",
+    "summarize", "paired_difference", "verdict", "noise_floor", "best", "edge_lrs",
+    "warmup_floor_table", "plot_lr_sensitivity", "plot_warmup_floor_heatmap",
+]
 
 DEFAULTS: dict[str, Any] = {
     # corpus (lib.data.synthetic_corpus): train and validation documents drawn independently
@@ -56,27 +84,37 @@ MLPS = ("moe", "swiglu")
 ROUTING_KEYS = ("max_load_ratio", "load_cv", "router_entropy", "overflow_share")
 
 
+# Integer settings and their minimum (None allowed for the evaluation sizes: lib.training's
+# defaults); the rest of DEFAULTS is checked below or by the component it configures.
+INT_KEYS = {"vocab_size": 1, "n_train_tokens": 1, "n_val_tokens": 1, "data_source_seed": 0,
+            "d_model": 1, "n_layers": 1, "n_heads": 1, "d_ff": 1, "n_experts": 1, "top_k": 1,
+            "steps": 1, "batch_size": 1, "seq_len": 1, "eval_batches": 1, "eval_batch_size": 1,
+            "seed": 0, "repeat": 0, "threads": 1}
+
+
 def study_config(**overrides: Any) -> dict[str, Any]:
-    """A complete run config: ``DEFAULTS`` updated with ``overrides`` (validated)."""
+    """A complete run config: ``DEFAULTS`` updated with ``overrides`` (validated).
+
+    Integers (numpy ones too) are stored as Python ints; other numbers are kept as given,
+    since a run's id is the JSON of its config (``0`` and ``0.0`` name different runs).
+    """
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown study keys {unknown}; allowed: {sorted(DEFAULTS)}")
     config = {**DEFAULTS, **overrides}
-    if config["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config['optimizer']!r}")
-    if config["mlp"] not in MLPS:
-        raise ValueError(f"mlp must be one of {MLPS}, got {config['mlp']!r}")
+    check_choice("optimizer", config["optimizer"], OPTIMIZERS)
+    check_choice("mlp", config["mlp"], MLPS)
+    for key, minimum in INT_KEYS.items():
+        if config[key] is not None or key not in ("eval_batches", "eval_batch_size"):
+            config[key] = check_int(key, config[key], minimum)
     for key in ("warmup", "floor"):
-        if not (isinstance(config[key], (int, float)) and 0 <= config[key] < 1):
-            raise ValueError(f"{key} must be a fraction in [0, 1), got {config[key]!r}")
-    if not (isinstance(config["lr"], (int, float)) and config["lr"] > 0):
-        raise ValueError(f"lr must be a positive number, got {config['lr']!r}")
-    for key in ("steps", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "d_ff", "threads"):
-        if not (isinstance(config[key], int) and config[key] > 0):
-            raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-    for key in ("seed", "repeat"):
-        if not (isinstance(config[key], int) and config[key] >= 0):
-            raise ValueError(f"{key} must be a non-negative integer, got {config[key]!r}")
+        check_number(key, config[key], 0.0, 1.0, strict_max=True)
+    check_positive("lr", config["lr"])
+    for key in ("adamw_lr", "grad_clip"):
+        if config[key] is not None:
+            check_positive(key, config[key])
+    for key in ("weight_decay", "aux_loss_coef", "router_noise"):
+        check_positive(key, config[key], allow_zero=True)
     return config
 
 
@@ -95,8 +133,9 @@ def grid(base: dict[str, Any] | None = None, **axes: Sequence[Any]) -> list[dict
 def lr_grid(center: float, n: int = 3, factor: float = 2.0) -> list[float]:
     """``n`` peak LRs spaced by ``factor`` on a log scale around ``center`` (rounded to 4
     significant digits so they are stable config keys)."""
-    if not (center > 0 and factor > 1 and isinstance(n, int) and n >= 1):
-        raise ValueError(f"need center > 0, factor > 1, integer n >= 1; got {center}, {factor}, {n}")
+    check_positive("center", center)
+    n = check_int("n", n, 1)
+    check_number("factor", factor, 1.0, strict_min=True)
     offsets = np.arange(n) - (n - 1) / 2
     return [float(f"{center * factor ** o:.4g}") for o in offsets]
 
@@ -122,18 +161,15 @@ def dense_equivalent(config: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- running
 
 
+# A study's runs share a few corpora: building one costs more than a tiny run's training.
 @functools.lru_cache(maxsize=4)
 def _corpus(vocab_size: int, n_train_tokens: int, n_val_tokens: int, seed: int):
-
     return synthetic_corpus(n_train_tokens=n_train_tokens, n_val_tokens=n_val_tokens,
                             vocab_size=vocab_size, seed=seed)
 
 
 def build_model(config: dict[str, Any]):
     """The ``lib.models.Transformer`` of ``config`` (initialised from ``config['seed']``)."""
-    import torch
-
-
     moe = {}
     if config["mlp"] == "moe":
         moe = {"n_experts": config["n_experts"], "top_k": config["top_k"],
@@ -147,9 +183,6 @@ def build_model(config: dict[str, Any]):
 
 def run_config(config: dict[str, Any]) -> dict[str, Any]:
     """Train one config to the end of its schedule; return its metrics (and loss history)."""
-    import torch
-
-
     config = study_config(**config)
     torch.set_num_threads(config["threads"])
     data = _corpus(config["vocab_size"], config["n_train_tokens"], config["n_val_tokens"],
@@ -197,15 +230,9 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
 
     if not isinstance(store, RunStore):
         raise ValueError(f"store must be a lib.training.RunStore, got {type(store).__name__}")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = check_int("workers", workers, 1)
     configs = [study_config(**c) for c in configs]
     if workers > 1:
-        import json
-        import subprocess
-        import sys
-        import tempfile
-
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(configs, f)
         cmd = [sys.executable, "-c", "from lib.experiments.moe_lr_study import main; main()",
@@ -245,8 +272,7 @@ def summarize(frame: pd.DataFrame, by: Sequence[str] | str, metric: str = "val_l
 
     by = [by] if isinstance(by, str) else list(by)
     ok = frame[~frame.get("diverged", pd.Series(False, index=frame.index)).astype(bool)]
-    out = t_summary(ok.dropna(subset=[metric]), by, metric, confidence)
-    out["ci_low"], out["ci_high"] = out["mean"] - out["ci"], out["mean"] + out["ci"]
+    out = summarize_groups(ok.dropna(subset=[metric]), by, metric, confidence)
     if "diverged" in frame:
         n_div = frame.groupby(by)["diverged"].sum().rename("diverged").reset_index()
         out = out.merge(n_div, on=by, how="outer").fillna({"count": 0, "diverged": 0})
@@ -258,46 +284,23 @@ def paired_difference(frame: pd.DataFrame, a: dict[str, Any], b: dict[str, Any],
     """Paired comparison of arm ``a`` minus arm ``b`` (each a dict of column -> value that
     selects its runs), matched on ``pair_on`` (same seed = same init and data order).
 
-    Returns ``n`` pairs, ``mean_diff`` (negative: ``a`` has the lower ``metric``), its
-    Student-t ``ci_low``/``ci_high``, the paired t-test ``t_p`` and the Wilcoxon signed-rank
-    ``wilcoxon_p`` (two-sided; with n pairs its smallest possible value is 2 / 2**n).
+    Returns ``lib.core.paired_difference`` of the two arms' ``metric``: ``n`` pairs,
+    ``mean_diff`` (negative: ``a`` has the lower ``metric``), its Student-t ``ci_low`` /
+    ``ci_high``, the paired t-test ``t_p`` and the Wilcoxon signed-rank ``wilcoxon_p``.
+    ``verdict`` (``lib.core.verdict``) reads it in words.
     """
-    from scipy import stats
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     runs_a = _select(frame, a).set_index(pair_on)[metric]
     runs_b = _select(frame, b).set_index(pair_on)[metric]
-    if runs_a.index.has_duplicates or runs_b.index.has_duplicates:
-        raise ValueError(f"each arm must hold one run per {pair_on}; refine a={a} / b={b}")
-    diff = (runs_a - runs_b).dropna()
-    n = len(diff)
-    if n < 2:
-        raise ValueError(f"need >= 2 paired runs, found {n} for a={a}, b={b}")
-    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
-    t_p = float(stats.ttest_rel(runs_a[diff.index], runs_b[diff.index]).pvalue) if sd > 0 else math.nan
-    w_p = float(stats.wilcoxon(diff.to_numpy()).pvalue) if (diff != 0).any() else math.nan
-    return {"n": n, "mean_diff": mean, "ci_low": mean - half, "ci_high": mean + half,
-            "t_p": t_p, "wilcoxon_p": w_p}
-
-
-def verdict(difference: dict[str, float]) -> str:
-    """Plain reading of a ``paired_difference`` (arm a minus arm b, lower is better):
-    "a better" if its CI lies below 0, "a worse" if above 0, else "no detectable difference"."""
-    if difference["ci_high"] < 0:
-        return "a better"
-    if difference["ci_low"] > 0:
-        return "a worse"
-    return "no detectable difference"
+    try:
+        return paired_series_difference(runs_a, runs_b, confidence)
+    except ValueError as err:
+        raise ValueError(f"{err} (arms a={a}, b={b} paired on {pair_on!r})") from None
 
 
 def noise_floor(frame: pd.DataFrame, metric: str = "val_loss", confidence: float = 0.95) -> dict[str, float]:
     """A/A noise of an ``aa_configs`` sweep: ``seed_std`` (std of ``metric`` across seeds,
-    repeat 0), ``ci`` (the 95% half-width of the mean over those seeds) and
-    ``repeat_max_abs_diff`` (same seed run twice: 0 means bit-for-bit deterministic)."""
-    from scipy import stats
-
+    repeat 0), ``ci`` (the ``confidence`` Student-t half-width of the mean over those seeds)
+    and ``repeat_max_abs_diff`` (same seed run twice: 0 means bit-for-bit deterministic)."""
     first = frame[frame["repeat"] == 0]
     n = len(first)
     if n < 2:
@@ -307,7 +310,7 @@ def noise_floor(frame: pd.DataFrame, metric: str = "val_loss", confidence: float
     diffs = [abs(float(r[metric]) - float(first.loc[first["seed"] == r["seed"], metric].iloc[0]))
              for _, r in repeats.iterrows()]
     return {"seeds": n, "mean": float(first[metric].mean()), "seed_std": std,
-            "ci": float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)),
+            "ci": t_critical(n, confidence) * std / math.sqrt(n),
             "repeat_max_abs_diff": max(diffs) if diffs else math.nan}
 
 
@@ -326,8 +329,7 @@ def edge_lrs(summary: pd.DataFrame, by: Sequence[str] | str = "optimizer", facto
     boundary of a grid is not an optimum yet. Groups with an interior best, or whose next LR was
     already tried (e.g. it diverged), are left out. Keys are tuples of the ``by`` values."""
     by = [by] if isinstance(by, str) else list(by)
-    if not factor > 1:
-        raise ValueError(f"factor must be > 1, got {factor!r}")
+    check_number("factor", factor, 1.0, strict_min=True)
     out = {}
     for key, rows in summary.groupby(by):
         key = key if isinstance(key, tuple) else (key,)
@@ -395,10 +397,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Several such processes on one store share the work; ``run_study(workers=n)`` starts them.
     """
-    import argparse
-    import json
-
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("store", help="SQLite results file (lib.training.RunStore)")
     parser.add_argument("sweep", help="sweep name")

@@ -14,22 +14,35 @@ every overhead inside the clock. Arms:
   and a schedule fitted to that budget (the compute-matched control).
 
 Speedup = plain's wall-clock to a fixed held-out target / the arm's, paired by seed; the
-target is plain's final held-out loss (mean over seeds) plus ``target_slack``.
+target is plain's worst final held-out loss over seeds times (1 + ``target_slack``).
+
+Every arm runs through ``lib.predictive.HybridTrainer`` (plain ones with no predictor), so
+all share one code path and one clock. An ``LMTask`` holds the run's ``lib.training.TrainConfig``
+(steps, batch, sequence length, LR, evaluation, data seed, device) and builds from it what
+the trainer takes ready-made: the loss and evaluation functions, the model, AdamW and the
+schedule. Intervals are ``lib.core.t_interval`` (Student-t over seeds).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
-from lib.core import autocast
+from lib.core import (
+    autocast,
+    check_choice,
+    check_int,
+    check_positive,
+    check_seed,
+    pick_device,
+    t_interval,
+)
 from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer
 from lib.predictive import (
@@ -40,10 +53,13 @@ from lib.predictive import (
     UpdateBasis,
     build_predictor,
     fit_coefficients,
+    lr_ratio,
 )
-from lib.training import default_optimizer, default_schedule, evaluate
+from lib.training import TrainConfig, default_optimizer, default_schedule, evaluate
 
 ARMS = ("plain", "null", "linear", "ema", "rssm", "rssm_gated", "plain_matched")
+# Held-out batches of 16 sequences in both profiles, whatever their training batch size.
+EVAL_BATCH_SIZE = 16
 
 # Sizes of the notebook's and the benchmark's two profiles (``lib.core.profile_settings``).
 QUICK = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch_size=16, steps=160, lr=3e-3,
@@ -57,72 +73,97 @@ FULL = dict(d_model=256, n_layers=6, n_heads=8, seq_len=256, batch_size=32, step
 
 @dataclass
 class LMTask:
-    """A small LM training problem on a ``lib.data.TokenData``. Sizes in sequences/tokens."""
+    """A small LM training problem on a ``lib.data.TokenData``.
+
+    ``train``: the run's ``lib.training.TrainConfig``: ``steps``, ``batch_size`` (sequences per
+    step), ``seq_len``, ``lr`` (AdamW's peak, with its ``weight_decay`` and ``betas``),
+    ``grad_clip``, ``eval_every`` / ``eval_batches`` / ``eval_batch_size``, ``seed`` (the data
+    order; model seeds are per run) and ``device``. Its ``schedule`` stays None: each arm gets
+    a warm-up + cosine schedule fitted to its own step budget. ``hybrid``: ``HybridConfig``
+    phase settings of every predictor arm; ``gated``: what the gated arm changes; ``rssm``:
+    ``RSSMPredictor`` settings.
+    """
 
     data: object
     model_config: object
-    steps: int = 200
-    batch_size: int = 16
-    seq_len: int = 64
-    lr: float = 3e-3
-    eval_every: int = 20
-    eval_batches: int = 4
-    eval_batch_size: int = 16
-    device: str = "cpu"
-    data_seed: int = 0
+    train: TrainConfig
     hybrid: dict = field(default_factory=lambda: dict(
         warmup_steps=40, full_steps=10, max_predict_steps=4, correct_steps=4))
     gated: dict = field(default_factory=lambda: dict(confidence_threshold=0.5, min_predict_steps=2))
     rssm: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a lib.training.TrainConfig, got {type(self.train).__name__}")
+        check_int("train.eval_every", self.train.eval_every, 1)  # the protocol compares eval curves
+        if self.train.schedule is not None:
+            raise ValueError("train.schedule must be None: every arm fits a schedule to its own step budget")
+        for name in ("hybrid", "gated", "rssm"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{name} must be a dict of settings, got {getattr(self, name)!r}")
+        phase_settings = {f.name for f in fields(HybridConfig)} - {"train"}
+        unknown = sorted(set(self.hybrid) - phase_settings) + sorted(set(self.gated) - phase_settings)
+        if unknown:
+            raise ValueError(f"hybrid / gated set {unknown}, which are not HybridConfig phase settings "
+                             f"{sorted(phase_settings)} (steps and evaluation are train's)")
+        for arm in ("null", "rssm_gated"):  # fail here, not mid-protocol, on a bad phase setting
+            self.hybrid_config(arm, self.train.steps)
+
+    @property
+    def device(self) -> torch.device:
+        return pick_device(self.train.device)
 
     def loss_fn(self):
-        device = torch.device(self.device)
+        t, device = self.train, self.device
 
         def loss(model, step):
-            x, y = self.data.batch("train", step, self.batch_size, self.seq_len, seed=self.data_seed)
+            x, y = self.data.batch("train", step, t.batch_size, t.seq_len, seed=t.seed)
             with autocast(device):
                 return model(x.to(device), y.to(device)).loss
         return loss
 
     def eval_fn(self):
-        return lambda model: evaluate(model, self.data, self.seq_len, self.eval_batch_size,
-                                      self.eval_batches, device=self.device)["loss"]
+        t, device = self.train, self.device
+        batch_size = t.eval_batch_size or t.micro_batch_size
+        return lambda model: evaluate(model, self.data, t.seq_len, batch_size, t.eval_batches, device=device)["loss"]
 
     def build_model(self, seed: int):
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed("seed", seed))
         return Transformer(copy.deepcopy(self.model_config)).to(self.device)
 
+    def build_optimizer(self, model):
+        t = self.train
+        return default_optimizer(model, t.lr, t.weight_decay, t.betas)
+
     def hybrid_config(self, arm: str, steps: int) -> HybridConfig:
-        kw = dict(self.hybrid, total_steps=steps, eval_every=self.eval_every)
+        """The ``HybridConfig`` of ``arm`` over ``steps`` optimizer steps: forced arms predict
+        from the first chance (threshold 0) for the full length, so they share one step pattern."""
+        kw = dict(self.hybrid)
         if arm == "rssm_gated":
             kw.update(self.gated)
         elif arm not in ("plain", "plain_matched"):
             kw.update(confidence_threshold=0.0, predict_length="max")
-        return HybridConfig(**kw)
+        return HybridConfig(train=replace(self.train, steps=steps), **kw)
 
 
 def make_task(settings, device="cpu") -> LMTask:
     """The LM task of a profile (a ``QUICK``/``FULL``-shaped mapping or namespace) on the
     embedded synthetic corpus."""
 
-    s = settings if isinstance(settings, dict) else vars(settings)
+    s = settings if isinstance(settings, Mapping) else vars(settings)
     data = synthetic_corpus(n_train_tokens=s["train_tokens"], n_val_tokens=max(s["train_tokens"] // 10, 20_000))
     config = ModelConfig(vocab_size=data.vocab_size, d_model=s["d_model"], n_layers=s["n_layers"],
                          n_heads=s["n_heads"], max_seq_len=s["seq_len"])
-    return LMTask(data, config, steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
-                  eval_every=s["eval_every"], eval_batches=s["eval_batches"], device=str(device),
+    train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
+                        eval_every=s["eval_every"], eval_batches=s["eval_batches"], eval_batch_size=EVAL_BATCH_SIZE,
+                        device=str(device))
+    return LMTask(data, config, train,
                   hybrid={k: s[k] for k in ("warmup_steps", "full_steps", "max_predict_steps", "correct_steps")})
 
 
 def forced_real_steps(task: LMTask) -> int:
     """Real gradient steps of a forced-pattern hybrid run without divergence fallbacks."""
-    c = task.hybrid_config("null", task.steps)
+    c = task.hybrid_config("null", task.train.steps)
     real, step = min(c.warmup_steps + c.full_steps, c.total_steps), c.warmup_steps + c.full_steps
     while step < c.total_steps:
         step += min(c.max_predict_steps, c.total_steps - step)
@@ -134,14 +175,13 @@ def forced_real_steps(task: LMTask) -> int:
 def run_arm(task: LMTask, arm: str, seed: int) -> HybridResult:
     """One training run of ``arm`` (see ``ARMS``) with model seed ``seed``."""
 
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    steps = forced_real_steps(task) if arm == "plain_matched" else task.steps
+    check_choice("arm", arm, ARMS)
+    steps = forced_real_steps(task) if arm == "plain_matched" else task.train.steps
     model = task.build_model(seed)
-    optimizer = default_optimizer(model, task.lr)
+    optimizer = task.build_optimizer(model)
     name = {"plain_matched": "plain", "rssm_gated": "rssm"}.get(arm, arm)
     predictor = build_predictor(name, **(dict(task.rssm, seed=seed) if name == "rssm" else {}))
-    sync = torch.cuda.synchronize if torch.device(task.device).type == "cuda" else None
+    sync = torch.cuda.synchronize if task.device.type == "cuda" else None
     trainer = HybridTrainer(model, optimizer, task.loss_fn(), task.hybrid_config(arm, steps),
                             predictor=predictor, schedule=default_schedule(steps),
                             eval_fn=task.eval_fn(), sync=sync)
@@ -160,8 +200,9 @@ def run_protocol(task: LMTask, arms=ARMS, seeds=(0, 1, 2), progress: bool = Fals
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"arms must be drawn from {ARMS}, got {bad}")
-    if len(seeds) < 1:
-        raise ValueError("seeds must hold at least one seed")
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) < 1:
+        raise ValueError(f"seeds must be a non-empty sequence of seeds, got {seeds!r}")
+    seeds = [check_seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
     results, evals, history = {}, [], []
     for seed in seeds:
         for arm in arms:
@@ -185,16 +226,6 @@ def _first_reach(evals: pd.DataFrame, target: float) -> tuple[float, float]:
     return float(row["step"]), float(row["wall_s"])
 
 
-def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (nan half-width for n < 2)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
 def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 1.3) -> tuple[pd.DataFrame, float]:
     """The speedup table (one row per arm) and the held-out target used.
 
@@ -205,6 +236,8 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
     ``plain`` and ``plain_matched`` (mean and 95% t half-width). ``meets_goal``: mean speedup
     >= ``speedup_goal`` and mean final loss at most ``target_slack`` (relative) above plain's.
     """
+    check_positive("target_slack", target_slack, allow_zero=True)
+    check_positive("speedup_goal", speedup_goal)
     results = protocol["results"]
     arms = list(dict.fromkeys(a for a, _ in results))
     seeds = sorted({s for _, s in results})
@@ -231,10 +264,10 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
             pred = r.history[~r.history["backward"]]
             per["moved"].append(float((pred["update_norm"] > 0).mean()) if len(pred) else float("nan"))
             per["real"].append(int(r.history["real"].sum()))
-        final, final_ci = mean_ci(per["final"])
-        speed, speed_ci = mean_ci(per["speedup"])
-        d_plain = mean_ci([final_of(arm, s) - final_of("plain", s) for s in seeds])
-        d_matched = (mean_ci([final_of(arm, s) - final_of("plain_matched", s) for s in seeds])
+        final, final_ci = t_interval(per["final"])
+        speed, speed_ci = t_interval(per["speedup"])
+        d_plain = t_interval([final_of(arm, s) - final_of("plain", s) for s in seeds])
+        d_matched = (t_interval([final_of(arm, s) - final_of("plain_matched", s) for s in seeds])
                      if "plain_matched" in arms else (float("nan"), float("nan")))
         rows.append({
             "arm": arm, "final_val_loss": final, "final_ci": final_ci,
@@ -247,7 +280,7 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
             "steps_to_target": np.nanmean(per["steps_to"]) if np.isfinite(per["steps_to"]).any() else float("nan"),
             "wall_to_target_s": np.nanmean(per["wall_to"]) if np.isfinite(per["wall_to"]).any() else float("nan"),
             "speedup_wall": speed, "speedup_wall_ci": speed_ci,
-            "speedup_steps": mean_ci(per["speedup_steps"])[0],
+            "speedup_steps": t_interval(per["speedup_steps"])[0],
             "meets_goal": bool(speed >= speedup_goal and final / plain_final - 1 <= target_slack),
         })
     return pd.DataFrame(rows), float(target)
@@ -257,11 +290,13 @@ def loss_at_wall(protocol: dict, wall_s: float | None = None) -> pd.DataFrame:
     """Held-out loss of each arm at equal training wall-clock (linear interpolation of its
     eval curve; default budget: the shortest mean run among the arms), mean and CI over seeds."""
     evals = protocol["evals"]
+    if wall_s is not None:
+        check_positive("wall_s", wall_s)
     budget = wall_s if wall_s is not None else evals.groupby(["arm", "seed"])["wall_s"].max().groupby("arm").mean().min()
     rows = []
     for arm, group in evals.groupby("arm", sort=False):
         vals = [np.interp(budget, g["wall_s"], g["val_loss"]) for _, g in group.groupby("seed")]
-        m, ci = mean_ci(vals)
+        m, ci = t_interval(vals)
         rows.append({"arm": arm, "wall_budget_s": budget, "val_loss": m, "ci": ci})
     return pd.DataFrame(rows)
 
@@ -301,13 +336,17 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
     ``latency_s`` (seconds to produce all k predictions of that rollout).
     """
 
-    if horizon < 1 or anchor_every < 1:
-        raise ValueError("horizon and anchor_every must be positive integers")
-    steps = task.steps
-    start = task.hybrid["warmup_steps"] + 20 if start is None else start
+    horizon = check_int("horizon", horizon, 1)
+    anchor_every = check_int("anchor_every", anchor_every, 1)
+    check_seed("seed", seed)
+    if "plain" in predictors:
+        raise ValueError("predictors must name predictors (lib.predictive.PREDICTORS); 'plain' has none")
+    steps = task.train.steps
+    start = task.hybrid["warmup_steps"] + 20 if start is None else check_int("start", start, 0)
     model = task.build_model(seed)
-    optimizer = default_optimizer(model, task.lr)
+    optimizer = task.build_optimizer(model)
     schedule = default_schedule(steps)
+    grad_clip = task.train.grad_clip
     peaks = [g["lr"] for g in optimizer.param_groups]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     basis = UpdateBasis(params)
@@ -319,7 +358,6 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
     active, rows = [], []
     for step in range(steps):
         mult = schedule(step)
-        ratio = lambda s: float(np.clip(schedule(s) / schedule(s - 1), 0, 4)) if s > 0 and schedule(s - 1) > 0 else 1.0
         if step >= start and (step - start) % anchor_every == 0 and step + horizon <= steps:
             for name, p in preds.items():
                 if not p.ready:
@@ -329,8 +367,8 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
                 p.start_rollout([schedule(s) for s in range(step, step + horizon + 1)])
                 deltas = []
                 for k in range(1, horizon + 1):
-                    d = p.next_update(shadow, k, ratio(step + k - 1)).clone()
-                    shadow._absorb(d)
+                    d = p.next_update(shadow, k, lr_ratio(schedule, step + k - 1)).clone()
+                    shadow.absorb(d)
                     deltas.append(d)
                     rows.append({"predictor": name, "anchor": step, "k": k, "latency_s": time.perf_counter() - t0})
                 active.append({"name": name, "anchor": step, "deltas": deltas, "real_sum": torch.zeros_like(basis.u),
@@ -342,7 +380,8 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
         loss = loss_fn(model, step)
         loss.backward()
         gnorms = torch.stack(torch._foreach_norm([q.grad for q in params])).cpu().numpy()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         dots = basis.real_update()
         real = basis.u

@@ -21,8 +21,7 @@ from lib.training import RunStore, TrainConfig, run_sweep, train
 def train_isoflop_run(config: dict, data, device=None, progress: bool = False) -> dict:
     """Train one ``sweep_configs`` entry on ``data`` (a lib.data.TokenData) and return its
     metrics: ``val_loss`` (held-out nats/token at the end), ``train_loss``, ``tokens``,
-    ``flops`` (6 N tokens), ``n_params`` and ``elapsed_s``."""
-
+    ``flops`` (6 N tokens), ``n_params_model`` and ``elapsed_s``."""
     seed_everything(config["seed"])
     model = Transformer(ModelConfig(**config["model"]))
     n_params = model.num_params()
@@ -43,9 +42,8 @@ def run_isoflop_sweep(plan: pd.DataFrame, data, *, store=None, sweep: str = "iso
                       progress: bool = True, **config_kw) -> pd.DataFrame:
     """Train every feasible plan entry for every seed through ``lib.training.run_sweep`` (runs
     already done in ``store`` are skipped, so an interrupted sweep resumes) and return the
-    sweep's runs (``store.frame(sweep)``; config keys and metrics as columns)."""
-
-
+    sweep's runs (``store.frame(sweep)``; config keys and metrics as columns; ``sweep_configs``
+    validates the settings)."""
     store = RunStore() if store is None else store
     corpus = config_kw.pop("corpus", getattr(data, "name", ""))
     configs = sweep_configs(plan, seeds=seeds, lr=lr, batch_size=batch_size, seq_len=seq_len,

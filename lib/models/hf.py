@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from lib.core import pick_device
+from lib.core import check_bool, check_choice, check_int, check_positive, check_seed, pick_device
 from lib.encodings import deinterleave_pairs
 from lib.models.transformer import ModelConfig, Transformer, load_flash_attn
 
@@ -24,8 +24,10 @@ def hf_config(config: ModelConfig, arch: str = "llama", use_cache: bool = False)
     """The transformers config of the same shape (``arch`` "llama" or "qwen2"); RoPE only."""
     from transformers import LlamaConfig, Qwen2Config
 
-    if arch not in HF_ARCHS:
-        raise ValueError(f"arch must be one of {list(HF_ARCHS)}, got {arch!r}")
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    check_choice("arch", arch, HF_ARCHS)
+    use_cache = check_bool("use_cache", use_cache)
     if config.encoding != "rope" or config.mlp != "swiglu":
         raise ValueError("to_hf supports encoding='rope' with mlp='swiglu' (use lib.encodings.apply_to_hf "
                          f"for other encodings); got encoding={config.encoding!r}, mlp={config.mlp!r}")
@@ -103,13 +105,18 @@ def load_hf_model(name_or_path: str, device=None, dtype: torch.dtype | None = No
     """
     from transformers import AutoModelForCausalLM
 
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"name_or_path must be a non-empty string, got {name_or_path!r}")
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
+        raise ValueError(f"name_or_path must be a non-empty string or path, got {name_or_path!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be None or a floating torch dtype, got {dtype!r}")
+    if attn_implementation is not None and (not isinstance(attn_implementation, str) or not attn_implementation):
+        raise ValueError(f"attn_implementation must be None or a non-empty string, got {attn_implementation!r}")
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
+    local_files_only = check_bool("local_files_only", local_files_only)
     device = pick_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "1") != "0"
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, attn_implementation=attn_implementation or best_hf_attention(),
@@ -129,10 +136,19 @@ def tiny_llama(arch: str = "llama", *, vocab_size: int = 128, hidden_size: int =
     models set differently (untied embeddings, RMSNorm eps 1e-6), and a SwiGLU width of twice
     the hidden size, so it is the plain reference model a transformers user would build.
     """
+    check_choice("arch", arch, HF_ARCHS)
+    # Checked under tiny_llama's own names (ModelConfig would report d_model, max_seq_len, ...).
+    vocab_size, hidden_size = check_int("vocab_size", vocab_size, 1), check_int("hidden_size", hidden_size, 1)
+    n_layers, n_heads = check_int("n_layers", n_layers, 1), check_int("n_heads", n_heads, 1)
+    if n_kv_heads is not None:
+        n_kv_heads = check_int("n_kv_heads", n_kv_heads, 1)
+    max_position_embeddings = check_int("max_position_embeddings", max_position_embeddings, 1)
+    rope_theta = check_positive("rope_theta", rope_theta)
+    seed = check_seed("seed", seed)
     config = ModelConfig(vocab_size=vocab_size, d_model=hidden_size, n_layers=n_layers, n_heads=n_heads,
                          n_kv_heads=n_kv_heads, max_seq_len=max_position_embeddings, d_ff=2 * hidden_size,
                          tie_embeddings=False, norm_eps=1e-6, encoding="rope",
-                         encoding_kwargs={"base": float(rope_theta)})
+                         encoding_kwargs={"base": rope_theta})
     torch.manual_seed(seed)
     return to_hf(config, arch, attn_implementation=attn_implementation, use_cache=True).eval()
 

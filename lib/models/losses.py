@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lib.core import check_int
+
 IGNORE_INDEX = -100
 # Rows per chunk: about this many logits (fp32: 8 MiB) per chunk, at least 16 rows (measured
 # fastest of 128-1024 rows at vocab 4096 on a 2-core CPU in a training step of bench_models).
@@ -32,7 +34,7 @@ CHUNK_ELEMENTS = 1 << 21
 
 def chunk_rows(vocab_size: int) -> int:
     """Rows per chunk for a vocabulary of ``vocab_size``: ~``CHUNK_ELEMENTS`` logits."""
-    return max(16, CHUNK_ELEMENTS // max(1, vocab_size))
+    return max(16, CHUNK_ELEMENTS // check_int("vocab_size", vocab_size, 1))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -100,9 +102,7 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, rows: int |
     targets = targets.reshape(-1)
     if targets.shape[0] != h.shape[0]:
         raise ValueError(f"targets must have one id per row of h ({h.shape[0]}), got {targets.shape[0]}")
-    rows = chunk_rows(weight.shape[0]) if rows is None else rows
-    if not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    rows = chunk_rows(weight.shape[0]) if rows is None else check_int("rows", rows, 1)
     if not (h.requires_grad or weight.requires_grad) or not torch.is_grad_enabled():
         return F.cross_entropy((h @ weight.t()).float(), targets, ignore_index=IGNORE_INDEX)
     return _LinearCrossEntropy.apply(h, weight, targets, rows)

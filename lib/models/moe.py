@@ -49,16 +49,18 @@ its own matrix through ``lib.training.optim.ExpertMuon``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lib.core import check_bool, check_choice, check_int, check_positive
 
 DISPATCH = ("auto", "grouped", "padded", "sorted", "dense")
 # "auto" on CPU pads experts to the busiest one's row count when that wastes at most this share
 # of the routed rows (balanced routing); past it, padding would cost more than it saves.
 PAD_SLACK = 0.25
+# transformers' Mixtral expert kernels (``MixtralConfig.experts_implementation``).
+MIXTRAL_EXPERTS_IMPLS = ("eager", "grouped_mm", "batched_mm")
 
 
 def grouped_mm_available(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
@@ -132,19 +134,17 @@ class MoEFeedForward(nn.Module):
                  aux_free_bias: bool = False, bias_update_rate: float = 1e-3,
                  shared_expert: bool = False, dispatch: str = "auto", init_std: float = 0.02):
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be an integer in [1, n_experts={n_experts}], got {top_k!r}")
-        for name, value in (("router_noise", router_noise), ("aux_loss_coef", aux_loss_coef),
-                            ("z_loss_coef", z_loss_coef), ("bias_update_rate", bias_update_rate)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if dispatch not in DISPATCH:
-            raise ValueError(f"dispatch must be one of {DISPATCH}, got {dispatch!r}")
-        if not init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {init_std!r}")
+        d_model, d_ff = check_int("d_model", d_model, 1), check_int("d_ff", d_ff, 1)
+        n_experts = check_int("n_experts", n_experts, 1)
+        top_k = check_int("top_k", top_k, 1, n_experts)
+        router_noise = check_positive("router_noise", router_noise, allow_zero=True)
+        aux_loss_coef = check_positive("aux_loss_coef", aux_loss_coef, allow_zero=True)
+        z_loss_coef = check_positive("z_loss_coef", z_loss_coef, allow_zero=True)
+        bias_update_rate = check_positive("bias_update_rate", bias_update_rate, allow_zero=True)
+        aux_free_bias = check_bool("aux_free_bias", aux_free_bias)
+        shared_expert = check_bool("shared_expert", shared_expert)
+        check_choice("dispatch", dispatch, DISPATCH)
+        init_std = check_positive("init_std", init_std)
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
         self.router_noise, self.aux_loss_coef, self.z_loss_coef = router_noise, aux_loss_coef, z_loss_coef
         self.aux_free_bias, self.bias_update_rate = aux_free_bias, bias_update_rate
@@ -369,9 +369,7 @@ def to_hf_mixtral_block(moe: MoEFeedForward, experts_implementation: str = "eage
         raise ValueError(f"moe must be a MoEFeedForward, got {type(moe).__name__}")
     if moe.shared_expert or moe.aux_free_bias:
         raise ValueError("moe must have shared_expert=False and aux_free_bias=False (Mixtral has neither)")
-    if experts_implementation not in ("eager", "grouped_mm", "batched_mm"):
-        raise ValueError("experts_implementation must be 'eager', 'grouped_mm' or 'batched_mm', "
-                         f"got {experts_implementation!r}")
+    check_choice("experts_implementation", experts_implementation, MIXTRAL_EXPERTS_IMPLS)
     config = MixtralConfig(hidden_size=moe.d_model, intermediate_size=moe.d_ff,
                            num_local_experts=moe.n_experts, num_experts_per_tok=moe.top_k,
                            router_jitter_noise=0.0, hidden_act="silu",

@@ -22,6 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.core import (
+    Registry,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_positive,
+)
 from lib.encodings import (
     PositionalEncoding,
     build_encoding,
@@ -75,29 +83,22 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            setattr(self, name, check_int(name, getattr(self, name), 1))
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        if not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads={self.n_kv_heads!r} must be a positive divisor of n_heads={self.n_heads}")
-        if self.d_ff is None:
-            self.d_ff = _round_up(8 * self.d_model / 3, 64)
-        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
-            raise ValueError(f"d_ff must be a positive integer, got {self.d_ff!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (self.norm_eps > 0 and self.init_std > 0):
-            raise ValueError("norm_eps and init_std must be positive")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
-        if self.loss_impl not in LOSS_IMPLS:
-            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {self.loss_impl!r}")
-        if self.mlp not in MLP_REGISTRY:
-            raise ValueError(f"mlp must be one of {sorted(MLP_REGISTRY)}, got {self.mlp!r}")
+        self.n_kv_heads = self.n_heads if self.n_kv_heads is None else check_int("n_kv_heads", self.n_kv_heads, 1)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        self.d_ff = _round_up(8 * self.d_model / 3, 64) if self.d_ff is None else check_int("d_ff", self.d_ff, 1)
+        if not isinstance(self.encoding_kwargs, dict) or not isinstance(self.moe, dict):
+            raise ValueError(f"encoding_kwargs and moe must be dicts, got {self.encoding_kwargs!r} and {self.moe!r}")
+        self.tie_embeddings = check_bool("tie_embeddings", self.tie_embeddings)
+        self.norm_eps = check_positive("norm_eps", self.norm_eps)
+        self.init_std = check_positive("init_std", self.init_std)
+        self.dropout = check_fraction("dropout", self.dropout, strict_max=True)
+        check_choice("attn_impl", self.attn_impl, ATTN_IMPLS)
+        check_choice("loss_impl", self.loss_impl, LOSS_IMPLS)
+        check_choice("mlp", self.mlp, sorted(MLPS))
 
     @property
     def head_dim(self) -> int:
@@ -172,19 +173,18 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+# How a block builds its MLP from the config, by ``ModelConfig.mlp``.
+MLPS: Registry[Callable[[ModelConfig], nn.Module]] = Registry("mlp")
+
+
+@MLPS.register("swiglu")
 def _build_swiglu(config: ModelConfig) -> nn.Module:
     return SwiGLU(config.d_model, config.d_ff)
 
 
+@MLPS.register("moe")
 def _build_moe(config: ModelConfig) -> nn.Module:
-
     return MoEFeedForward(d_model=config.d_model, d_ff=config.d_ff, **config.moe)
-
-
-MLP_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "swiglu": _build_swiglu,
-    "moe": _build_moe,
-}
 
 
 def load_flash_attn():
@@ -283,7 +283,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.attn = Attention(config, encoding)
         self.mlp_norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = MLP_REGISTRY[config.mlp](config)
+        self.mlp = MLPS.build(config.mlp, config)
 
     def forward(self, x: Tensor, positions: Tensor | None = None, bias: Tensor | None = None,
                 seq_len: int | None = None) -> Tensor:
@@ -412,9 +412,7 @@ class Transformer(nn.Module):
         c = self.config
         if not exact:
             return 6.0 * self._active_params(exclude_embeddings=False)
-        t = c.max_seq_len if seq_len is None else seq_len
-        if not isinstance(t, int) or t <= 0:
-            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        t = c.max_seq_len if seq_len is None else check_int("seq_len", seq_len, 1)
         n = self._active_params(exclude_embeddings=True)
         return 6.0 * n + 6.0 * c.d_model * c.vocab_size + 12.0 * c.n_layers * t * c.d_model
 

@@ -1,11 +1,20 @@
-"""The predictive (hybrid) trainer that replaces some backward passes by predicted updates,
+"""The predictive (hybrid) trainer, which replaces some backward passes by predicted updates,
 and the update dynamics and predictors it uses.
+
+- ``trainer``   ``HybridTrainer``, its ``HybridConfig`` (phase settings beside a
+                ``lib.training.TrainConfig``) and ``HybridResult``, ``memory_overhead``
+- ``dynamics``  ``UpdateBasis`` and its algebra, the ``Predictor`` protocol, the predictors
+                and their registry (``PREDICTORS``, ``build_predictor``), the ``RSSM``
+
+The validation protocol and its figures are notebook 05's recipe,
+``lib.experiments.predictive_study``.
 """
 
 from __future__ import annotations
 
 from lib.predictive.dynamics import (
     COEF_CLIP,
+    PREDICTORS,
     RSSM,
     BasisPredictor,
     EMAPredictor,
@@ -15,18 +24,19 @@ from lib.predictive.dynamics import (
     Predictor,
     RSSMPredictor,
     UpdateBasis,
+    build_predictor,
     fit_coefficients,
     kl_gaussian,
     relative_residual,
 )
 from lib.predictive.trainer import (
+    MAX_LR_RATIO,
     PHASES,
     PREDICT_LENGTHS,
-    PREDICTORS,
     HybridConfig,
     HybridResult,
     HybridTrainer,
-    build_predictor,
+    lr_ratio,
     memory_overhead,
 )
 
@@ -41,15 +51,17 @@ __all__ = [
     "NullPredictor",
     "LinearPredictor",
     "EMAPredictor",
+    "PREDICTORS",
+    "build_predictor",
     "kl_gaussian",
     "RSSM",
     "RSSMPredictor",
     "PHASES",
     "PREDICT_LENGTHS",
+    "MAX_LR_RATIO",
+    "lr_ratio",
     "HybridConfig",
     "HybridResult",
     "HybridTrainer",
     "memory_overhead",
-    "PREDICTORS",
-    "build_predictor",
 ]

@@ -3,14 +3,12 @@
 ``UpdateBasis`` keeps, over a model's trainable parameters, the last applied update ``u`` and
 an EMA ``m`` of applied updates; every predictor forecasts an update per tensor as ``a u + b m``
 (two coefficients per tensor) and is scored from dot products alone (``fit_coefficients``,
-``relative_residual``). ``Predictor`` is the protocol the trainer (``lib.predictive``) calls;
-``NullPredictor``, ``LinearPredictor`` and ``EMAPredictor`` are the controls; ``RSSMPredictor``
-is the learned one.
+``relative_residual``). ``Predictor`` is the protocol the trainer (``lib.predictive.trainer``)
+calls; ``PREDICTORS`` names the predictors (``build_predictor``): ``NullPredictor``,
+``LinearPredictor`` and ``EMAPredictor`` are the controls, ``RSSMPredictor`` the learned one.
 
-The learned dynamics model is a small RSSM over training-state features.
-
-An RSSM in the Dreamer sense (Hafner et al. 2019, 2021), scaled down to run on a CPU beside
-the training loop:
+The learned dynamics model (``RSSM``) is a recurrent state-space model in the Dreamer sense
+(Hafner et al. 2019, 2021), small enough to run on a CPU beside the training loop:
 
     h_t = GRU(h_{t-1}, [z_{t-1}, a_t])              deterministic state
     p(z_t | h_t)         prior (diagonal Gaussian)  used when imagining ahead
@@ -19,12 +17,12 @@ the training loop:
     loss = -log p(x_t | h_t, z_t) + KL balance: alpha KL(sg(q) || p) + (1-alpha) KL(q || sg(p))
 
 The observation ``x_t`` of a real optimizer step is: the normalised loss, and per parameter
-tensor the two coefficients of the real update on the trainer's basis (``a u + b m``, see
-``UpdateBasis`` above), the log update norm and the log gradient norm. The action is
-``[LR multiplier of the step, log(steps since the previous real step)]`` (known in advance,
-so imagination can follow the LR schedule). Predicting ``k`` steps ahead = filtering the
-recent real steps with the posterior, then rolling the prior forward; the decoded
-coefficients become the predicted update, the decoded loss the predicted loss trajectory.
+tensor the two coefficients of the real update on the trainer's basis, the log update norm and
+the log gradient norm. The action is ``[LR multiplier of the step, log(steps since the previous
+real step)]`` (known in advance, so imagination can follow the LR schedule). Predicting ``k``
+steps ahead = filtering the recent real steps with the posterior, then rolling the prior
+forward; the decoded coefficients become the predicted update, the decoded loss the predicted
+loss trajectory.
 """
 
 from __future__ import annotations
@@ -41,7 +39,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.core import (
+    Registry,
+    check_fraction,
+    check_int,
+    check_number,
+    check_positive,
+    check_seed,
+)
+
+# The RSSM clips update coefficients to +-COEF_CLIP, observed and decoded: one outlier step must not
+# dominate its features, nor a wild early forecast blow up the weights.
 COEF_CLIP = 3.0
+PREDICTORS: Registry[type[Predictor]] = Registry("predictor")
 
 
 # --------------------------------------------------------------------------- update basis
@@ -53,12 +63,10 @@ class UpdateBasis:
     """
 
     def __init__(self, params: Sequence[Tensor], beta: float = 0.9):
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"beta must be in (0, 1), got {beta!r}")
+        self.beta = check_number("beta", beta, 0.0, 1.0, strict_min=True, strict_max=True)
         self.params = list(params)
         if not self.params:
             raise ValueError("params must hold at least one tensor")
-        self.beta = float(beta)
         device = self.params[0].device
         self.sizes = [p.numel() for p in self.params]
         n = sum(self.sizes)
@@ -104,11 +112,17 @@ class UpdateBasis:
             pairs = {"dd": (delta, delta), "du": (delta, self.u), "dm": (delta, self.m),
                      "uu": (self.u, self.u), "um": (self.u, self.m), "mm": (self.m, self.m)}
             stacked = torch.stack([self.segment_dot(*p) for p in pairs.values()]).double().cpu().numpy()
-            self._absorb(delta)
+            self.absorb(delta)
         return dict(zip(pairs, stacked))
 
-    def _absorb(self, delta: Tensor) -> None:
-        # u <- delta (swap buffers so the old u becomes scratch), m <- beta m + (1-beta) delta
+    def absorb(self, delta: Tensor) -> None:
+        """Fold an applied flat update into the basis: ``u <- delta``, ``m <- beta m + (1-beta) delta``.
+
+        The weights are not touched (``apply`` does both); a ``shadow`` basis absorbs imagined
+        updates this way.
+        """
+        # The scratch buffer holds delta after a real step: swapping makes the old u the new
+        # scratch instead of copying a parameter-sized tensor.
         self.m.mul_(self.beta).add_(delta, alpha=1.0 - self.beta)
         if delta is self.scratch:
             self.u, self.scratch = self.scratch, self.u
@@ -132,7 +146,7 @@ class UpdateBasis:
             raise ValueError(f"delta must be flat with {self.u.numel()} elements, got {tuple(delta.shape)}")
         with torch.no_grad():
             torch._foreach_add_([p.data for p in self.params], self._views(delta.to(self.u.dtype)))
-            self._absorb(delta)
+            self.absorb(delta)
         return float(delta.norm())
 
     def ema_bias_correction(self) -> float:
@@ -189,7 +203,6 @@ class Predictor:
     """
 
     name = "predictor"
-    needs_basis = True
 
     def bind(self, basis: UpdateBasis | None) -> None:
         """Called once by the trainer with the basis it maintains (None for plain runs)."""
@@ -233,9 +246,7 @@ class BasisPredictor(Predictor):
     """
 
     def __init__(self, residual_decay: float = 0.8):
-        if not 0.0 <= residual_decay < 1.0:
-            raise ValueError(f"residual_decay must be in [0, 1), got {residual_decay!r}")
-        self.residual_decay = residual_decay
+        self.residual_decay = check_fraction("residual_decay", residual_decay, strict_max=True)
         self.r_short = float("nan")
         self.r_long = float("nan")
         self.n_obs = 0
@@ -269,19 +280,17 @@ class BasisPredictor(Predictor):
         return self.n_obs >= 2
 
 
+@PREDICTORS.register("null", set_name=True)
 class NullPredictor(BasisPredictor):
     """Zero update: a predicted step is a skipped step (the control every method must beat)."""
-
-    name = "null"
 
     def coefficients(self, k, lr_ratio):
         return np.zeros((self.basis.n_tensors, 2))
 
 
+@PREDICTORS.register("linear", set_name=True)
 class LinearPredictor(BasisPredictor):
     """Repeat the last applied update, scaled by the LR ratio of consecutive steps."""
-
-    name = "linear"
 
     def coefficients(self, k, lr_ratio):
         c = np.zeros((self.basis.n_tensors, 2))
@@ -289,10 +298,9 @@ class LinearPredictor(BasisPredictor):
         return c
 
 
+@PREDICTORS.register("ema", set_name=True)
 class EMAPredictor(BasisPredictor):
     """Apply the (bias-corrected) EMA of recent applied updates, scaled by the LR ratio."""
-
-    name = "ema"
 
     def coefficients(self, k, lr_ratio):
         c = np.zeros((self.basis.n_tensors, 2))
@@ -300,11 +308,17 @@ class EMAPredictor(BasisPredictor):
         return c
 
 
+def build_predictor(name: str, **kwargs) -> Predictor | None:
+    """The predictor registered as ``name`` (``PREDICTORS``) built with ``kwargs``, or None for
+    "plain" (plain training: the trainer keeps no basis)."""
+    if name == "plain":
+        return None
+    if not isinstance(name, str) or name not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {['plain', *PREDICTORS]}, got {name!r}")
+    return PREDICTORS.build(name, **kwargs)
 
 
 # --------------------------------------------------------------------------- the RSSM
-
-
 def _gaussian(params: Tensor, min_std: float = 0.1) -> tuple[Tensor, Tensor]:
     mean, raw = params.chunk(2, dim=-1)
     return mean, F.softplus(raw) + min_std
@@ -323,12 +337,11 @@ class RSSM(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int = 2, deter: int = 64, stoch: int = 16,
                  hidden: int = 64, kl_balance: float = 0.8, free_nats: float = 0.0):
         super().__init__()
-        for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("deter", deter),
-                            ("stoch", stoch), ("hidden", hidden)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= kl_balance <= 1.0:
-            raise ValueError(f"kl_balance must be in [0, 1], got {kl_balance!r}")
+        obs_dim, action_dim, deter, stoch, hidden = (
+            check_int(name, value, 1) for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim),
+                                                          ("deter", deter), ("stoch", stoch), ("hidden", hidden)))
+        kl_balance = check_fraction("kl_balance", kl_balance)
+        free_nats = check_positive("free_nats", free_nats, allow_zero=True)
         self.obs_dim, self.deter, self.stoch = obs_dim, deter, stoch
         self.kl_balance, self.free_nats = kl_balance, free_nats
         self.embed = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ELU())
@@ -398,6 +411,7 @@ class RSSM(nn.Module):
         return torch.stack(means, 1), torch.stack(stds, 1)
 
 
+@PREDICTORS.register("rssm", set_name=True)
 class RSSMPredictor(BasisPredictor):
     """Predict per-tensor update coefficients (and the loss) with an RSSM fitted online.
 
@@ -408,16 +422,16 @@ class RSSMPredictor(BasisPredictor):
     ``predict_seconds`` accumulate its cost.
     """
 
-    name = "rssm"
 
     def __init__(self, window: int = 64, seq_len: int = 12, batch: int = 8, fit_iters: int = 1,
                  lr: float = 3e-3, deter: int = 64, stoch: int = 16, hidden: int = 64,
                  kl_balance: float = 0.8, min_fits: int = 5, seed: int = 0, **kw):
         super().__init__(**kw)
-        for name, value in (("window", window), ("seq_len", seq_len), ("batch", batch),
-                            ("fit_iters", fit_iters), ("min_fits", min_fits)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        window, seq_len, batch, fit_iters, min_fits = (
+            check_int(name, value, 1) for name, value in (("window", window), ("seq_len", seq_len), ("batch", batch),
+                                                          ("fit_iters", fit_iters), ("min_fits", min_fits)))
+        lr = check_positive("lr", lr)
+        seed = check_seed("seed", seed)
         if seq_len >= window:
             raise ValueError(f"seq_len={seq_len} must be smaller than window={window}")
         self.window, self.seq_len, self.batch, self.fit_iters = window, seq_len, batch, fit_iters

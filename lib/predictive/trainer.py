@@ -15,9 +15,11 @@ update per tensor as ``a * u + b * m``, two coefficients on a basis that the tra
 keeps a prediction at two scalars per tensor, lets the trainer score every forecast against
 the real update from dot products alone (no extra parameter-sized buffer), and covers the
 controls: the null predictor (a = b = 0, i.e. "skip the step"), linear extrapolation
-(a = LR ratio) and the EMA extrapolator (b = LR ratio / bias correction). The learned RSSM
-predictor, the update basis and the predictor protocol live in ``lib.predictive.dynamics``; the
-validation protocol in ``lib.experiments.predictive_study``.
+(a = LR ratio) and the EMA extrapolator (b = LR ratio / bias correction). The update basis,
+the predictor protocol, the predictors and their registry (``PREDICTORS``,
+``build_predictor``) and the learned RSSM live in ``lib.predictive.dynamics``; this module
+holds the trainer, its config and result, and ``memory_overhead``. The validation protocol
+and its figures are a recipe: ``lib.experiments.predictive_study``.
 
 Honesty rules built in: predicted deltas are added to the very ``nn.Parameter`` tensors the
 optimizer updates (tests check it); every overhead (basis bookkeeping, predictor fitting,
@@ -30,43 +32,77 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from lib.core import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_number,
+    check_positive,
+)
 from lib.predictive.dynamics import (
-    EMAPredictor,
-    LinearPredictor,
-    NullPredictor,
     Observation,
     Predictor,
-    RSSMPredictor,
     UpdateBasis,
     fit_coefficients,
     relative_residual,
 )
+from lib.training import TrainConfig
 
 PHASES = ("warmup", "full", "predict", "correct")
 PREDICT_LENGTHS = ("confidence", "max")
+# A schedule's step-to-step LR ratio is clipped to this: it scales forecasts, and a ratio from a
+# near-zero multiplier (the first warm-up steps) would otherwise make one forecast enormous.
+MAX_LR_RATIO = 4.0
+# TrainConfig settings the hybrid trainer does not read (see HybridConfig): they must keep their defaults.
+TRAIN_SETTINGS_UNSUPPORTED = ("schedule", "grad_accum", "checkpoint_path", "checkpoint_every", "compile")
+
+
+def lr_ratio(schedule: Callable[[int], float], step: int) -> float:
+    """``schedule(step) / schedule(step - 1)`` clipped to [0, ``MAX_LR_RATIO``]; 1 at step 0 or
+    after a zero multiplier. Predictors scale an extrapolated update by it."""
+    prev = float(schedule(step - 1)) if step > 0 else 0.0
+    return float(np.clip(float(schedule(step)) / prev, 0.0, MAX_LR_RATIO)) if prev > 0 else 1.0
 
 
 # --------------------------------------------------------------------------- the trainer
 @dataclass
 class HybridConfig:
-    """Phase lengths and gates of a ``HybridTrainer`` run. All lengths in optimizer steps.
+    """Settings of a ``HybridTrainer`` run: the training settings it shares with plain training
+    (``train``, a ``lib.training.TrainConfig``) and its phase lengths and gates. All lengths in
+    optimizer steps.
 
-    ``predict_length``: "confidence" (the original's rule: round(max_predict_steps * conf^2)
-    clamped to [min_predict_steps, max_predict_steps]) or "max" (always max_predict_steps,
-    for controlled comparisons with the same step pattern across predictors).
-    ``divergence_tolerance``: a forward-checked predict step whose loss exceeds the mean of
-    the last ``reference_window`` real-step losses by this fraction ends the Predict phase.
-    Each step's batch is unseen until that step, so this is a held-out check.
+    Of ``train`` the trainer reads ``steps`` (optimizer steps, predicted ones included),
+    ``grad_clip`` (on real steps) and ``eval_every``. A trainer that skips backward passes
+    cannot run ``lib.training.train``'s loop, so the rest reaches it ready-made, built from the
+    same ``TrainConfig`` by the caller (as ``lib.experiments.predictive_study.LMTask`` does):
+    data (``batch_size``, ``seq_len``, ``seed``) and ``device`` through ``loss_fn`` and the
+    model, the optimizer (``lr``, ``weight_decay``, ``betas``) as ``optimizer``, evaluation
+    (``eval_batches``, ``eval_batch_size``) as ``eval_fn``, and the LR schedule as
+    ``schedule``, an argument of its own because predicted steps follow it too. So
+    ``train.schedule``, ``grad_accum``, checkpointing and ``compile`` must keep their defaults
+    (a ValueError otherwise, rather than silently ignoring them); ``train``'s logging,
+    progress-bar and divergence settings have no effect (the Predict phase has its own
+    divergence check, below).
+
+    ``predict_length``: "confidence" (round(max_predict_steps * conf^2) clamped to
+    [min_predict_steps, max_predict_steps]: confident predictors predict longer) or "max"
+    (always max_predict_steps, for controlled comparisons with the same step pattern across
+    predictors). ``divergence_tolerance``: a forward-checked predict step whose loss exceeds
+    the mean of the last ``reference_window`` real-step losses by this fraction ends the
+    Predict phase. Each step's batch is unseen until that step, so this is a held-out check.
+    ``basis_beta``: EMA decay of the update basis; ``fit_every``: fit the predictor on every
+    n-th real step of Full/Correct phases.
     """
 
-    total_steps: int
+    train: TrainConfig
     warmup_steps: int = 20
     full_steps: int = 10
     max_predict_steps: int = 10
@@ -77,33 +113,33 @@ class HybridConfig:
     check_loss: bool = True
     divergence_tolerance: float = 0.1
     reference_window: int = 5
-    grad_clip: float | None = 1.0
     basis_beta: float = 0.9
     fit_every: int = 1
-    eval_every: int = 0
 
     def __post_init__(self):
-        for name in ("total_steps", "max_predict_steps", "min_predict_steps", "correct_steps",
-                     "reference_window", "fit_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "full_steps", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a lib.training.TrainConfig, got {type(self.train).__name__}")
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        changed = [n for n in TRAIN_SETTINGS_UNSUPPORTED if getattr(self.train, n) != defaults[n]]
+        if changed:
+            raise ValueError(f"the hybrid trainer does not implement TrainConfig's {changed}; leave them at their defaults")
+        for name in ("max_predict_steps", "min_predict_steps", "correct_steps", "reference_window", "fit_every"):
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        for name in ("warmup_steps", "full_steps"):
+            setattr(self, name, check_int(name, getattr(self, name), 0))
+        check_int("train.eval_every", self.train.eval_every, 0)
         if self.min_predict_steps > self.max_predict_steps:
             raise ValueError(f"min_predict_steps={self.min_predict_steps} exceeds max_predict_steps={self.max_predict_steps}")
-        if not 0.0 <= self.confidence_threshold <= 1.0:
-            raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold!r}")
-        if self.predict_length not in PREDICT_LENGTHS:
-            raise ValueError(f"predict_length must be one of {PREDICT_LENGTHS}, got {self.predict_length!r}")
-        if not self.divergence_tolerance > 0:
-            raise ValueError(f"divergence_tolerance must be positive, got {self.divergence_tolerance!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        if not 0.0 < self.basis_beta < 1.0:
-            raise ValueError(f"basis_beta must be in (0, 1), got {self.basis_beta!r}")
+        self.confidence_threshold = check_fraction("confidence_threshold", self.confidence_threshold)
+        self.predict_length = check_choice("predict_length", self.predict_length, PREDICT_LENGTHS)
+        self.check_loss = check_bool("check_loss", self.check_loss)
+        self.divergence_tolerance = check_positive("divergence_tolerance", self.divergence_tolerance)
+        self.basis_beta = check_number("basis_beta", self.basis_beta, 0.0, 1.0, strict_min=True, strict_max=True)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run (``train.steps``)."""
+        return self.train.steps
 
 
 @dataclass
@@ -131,14 +167,15 @@ class HybridResult:
 
 
 class HybridTrainer:
-    """Run ``config.total_steps`` optimizer steps, some of them predicted.
+    """Run ``config.train.steps`` optimizer steps, some of them predicted.
 
     ``loss_fn(model, step) -> scalar loss`` must be a pure function of ``step`` for its data
     (same data order in every arm). ``schedule(step) -> LR multiplier`` (e.g. a
     ``lib.schedules`` object) scales each param group's initial ``lr``; it is indexed by the
-    global step, predicted steps included. ``predictor=None`` is plain training through the
-    same code path (no basis, no overhead). ``eval_fn(model) -> float`` (held-out loss) runs
-    every ``config.eval_every`` steps and at the end, outside the timed region.
+    global step, predicted steps included (None: a constant LR). ``predictor=None`` is plain
+    training through the same code path (no basis, no overhead). ``eval_fn(model) -> float``
+    (held-out loss) runs every ``config.train.eval_every`` steps and at the end, outside the
+    timed region.
     ``sync`` is called before reading the clock (pass ``torch.cuda.synchronize`` on GPU).
     """
 
@@ -166,8 +203,7 @@ class HybridTrainer:
         return float(self.schedule(step))
 
     def _lr_ratio(self, step: int) -> float:
-        prev = self._lr_mult(step - 1) if step > 0 else 0.0
-        return float(np.clip(self._lr_mult(step) / prev, 0.0, 4.0)) if prev > 0 else 1.0
+        return lr_ratio(self.schedule, step)
 
     def _predict_length(self, conf: float) -> int:
         c = self.config
@@ -192,8 +228,8 @@ class HybridTrainer:
         if self.basis is not None:
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
             grad_norms = torch.stack(torch._foreach_norm(grads)).cpu().numpy()
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if self.config.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.train.grad_clip)
         self.optimizer.step()
         row["loss"] = float(loss.detach())
         if self.basis is not None:
@@ -235,6 +271,7 @@ class HybridTrainer:
     # ---- the loop
     def run(self, progress: bool = False) -> HybridResult:
         c, pred = self.config, self.predictor
+        eval_every = c.train.eval_every
         rows, transitions, evals = [], [], []
         phase = "warmup" if c.warmup_steps > 0 else "full"
         phase_steps, predict_len, k, last_real = 0, 0, 0, -1
@@ -255,7 +292,7 @@ class HybridTrainer:
                 evals.append({"step": step, "real_steps": n_real, "wall_s": wall, "val_loss": val})
 
         self.model.train()
-        if c.eval_every:
+        if eval_every:
             evaluate(0)
         for step in range(c.total_steps):
             self.sync()
@@ -299,7 +336,7 @@ class HybridTrainer:
                 move(step + 1, "full", f"warmup of {c.warmup_steps} steps done")
             row.update(step=step, phase=phase_for_row, lr_mult=self._lr_mult(step), confidence=conf, wall_s=wall)
             rows.append(row)
-            if c.eval_every and (step + 1) % c.eval_every == 0 and step + 1 < c.total_steps:
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < c.total_steps:
                 evaluate(step + 1)
             if progress and (step + 1) % max(c.total_steps // 10, 1) == 0:
                 print(f"step {step + 1}/{c.total_steps} phase={phase} loss={row.get('loss', float('nan')):.4f}")
@@ -335,18 +372,3 @@ def memory_overhead(trainer: HybridTrainer) -> dict:
             "transient_bytes": transient, "total_bytes": total,
             "total_over_params": total / param_bytes}
 
-
-PREDICTORS: dict[str, type[Predictor]] = {
-    "null": NullPredictor, "linear": LinearPredictor, "ema": EMAPredictor,
-}
-
-
-def build_predictor(name: str, **kwargs) -> Predictor | None:
-    """A predictor by name: "plain" (None: plain training), "null", "linear", "ema", "rssm"."""
-    if name == "plain":
-        return None
-    if name == "rssm":
-        return RSSMPredictor(**kwargs)
-    if name not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {['plain', *PREDICTORS, 'rssm']}, got {name!r}")
-    return PREDICTORS[name](**kwargs)

@@ -1,4 +1,16 @@
-"""FLOPs and parameter accounting, IsoFLOP sweep planning, and scaling-law fits.
+"""Compute-optimal scaling: FLOPs and parameter accounting, IsoFLOP sweep planning, and
+scaling-law fits (N parameters, D tokens, C FLOPs, loss in nats/token).
+
+- ``lib.scaling.flops``: C = 6 N D (``flops_6nd``), Chinchilla's Appendix-F FLOPs per token
+  (``flops_breakdown``, ``chinchilla_flops_per_token``), the analytic parameter count of
+  ``lib.models.Transformer`` (``count_params``) and Chinchilla's Table 3;
+- ``lib.scaling.planning``: model shapes for target sizes (``shape_for_params``), measured
+  throughput, IsoFLOP plans (``plan_sweep``) and their run configs (``sweep_configs``);
+- ``lib.scaling.fit``: Chinchilla's Approach 3 (``fit_parametric``, ``ParametricFit``, the
+  closed-form ``optimal_allocation`` and ``chinchilla_table``) and Approach 2
+  (``fit_isoflop``, ``IsoFLOPFit``), with the published parameters they are checked against.
+
+Training a plan's runs is ``lib.experiments.scaling_study``.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from lib.scaling.flops import (
     MLP_MATRICES,
     chinchilla_flops_per_token,
     count_params,
+    default_d_ff,
     flops_6nd,
     flops_breakdown,
 )
@@ -43,6 +56,7 @@ __all__ = [
     "flops_breakdown",
     "chinchilla_flops_per_token",
     "count_params",
+    "default_d_ff",
     "shape_for_params",
     "real_num_params",
     "measure_training_throughput",

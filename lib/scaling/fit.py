@@ -31,6 +31,16 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
+from lib.core import (
+    check_confidence,
+    check_int,
+    check_number,
+    check_positive,
+    check_positive_array,
+    check_same_length,
+    check_seed,
+)
+
 HUBER_DELTA = 1e-3
 # Published parameters (the reference values tests and notebooks compare against).
 HOFFMANN_2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -41,19 +51,6 @@ PUBLISHED_EXPONENTS = {"chinchilla_approach_1_2": 0.50, "chinchilla_approach_3":
 # Hoffmann/Epoch grid of L-BFGS starts: alpha, beta, e, a, b.
 HOFFMANN_GRID = (np.arange(0, 2.01, 0.5), np.arange(0, 2.01, 0.5), np.arange(-1, 1.51, 0.5),
                  np.arange(0, 25.1, 5), np.arange(0, 25.1, 5))
-
-
-def _as_positive_array(name: str, values) -> np.ndarray:
-    arr = np.asarray(values, dtype=float).ravel()
-    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be a non-empty array of finite positive numbers")
-    return arr
-
-
-def _check_same_length(**arrays: np.ndarray) -> None:
-    sizes = {k: v.size for k, v in arrays.items()}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"arrays must have the same length, got {sizes}")
 
 
 # --------------------------------------------------------------------------- Approach 3 objective
@@ -180,7 +177,7 @@ class ParametricFit:
     @classmethod
     def from_params(cls, params: dict) -> ParametricFit:
         """A fit from published parameters, e.g. ``ParametricFit.from_params(HOFFMANN_2022)``."""
-        return cls(**{k: float(params[k]) for k in ("E", "A", "B", "alpha", "beta")})
+        return cls(**_law_params(params, ("E", "A", "B", "alpha", "beta")))
 
     @property
     def params(self) -> dict[str, float]:
@@ -198,8 +195,8 @@ class ParametricFit:
 
     def predict(self, N, D) -> np.ndarray:
         """Predicted loss (nats/token) for N parameters trained on D tokens."""
-        N = _as_positive_array("N", N)
-        D = _as_positive_array("D", D)
+        N = check_positive_array("N", N)
+        D = check_positive_array("D", D)
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
     def optimal_allocation(self, C):
@@ -210,8 +207,7 @@ class ParametricFit:
         """Point estimate and percentile bootstrap interval of each parameter (and of a)."""
         if self.bootstrap is None or self.bootstrap.empty:
             raise ValueError("this fit has no bootstrap; call fit_parametric(..., n_bootstrap>0)")
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
+        level = check_confidence(level, "level")
         lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
         point = {**self.params, "a": self.a}
         boot = self.bootstrap.replace([np.inf, -np.inf], np.nan)
@@ -220,9 +216,17 @@ class ParametricFit:
                                  "high": boot.quantile(hi), "std": boot.std()})
 
 
+def _law_params(params: dict, keys) -> dict[str, float]:
+    """The named parameters of a loss law as floats; every one must be there."""
+    missing = set(keys) - set(params)
+    if missing:
+        raise ValueError(f"params must hold {', '.join(keys)}; missing {sorted(missing)}")
+    return {k: check_number(f"params[{k!r}]", params[k]) for k in keys}
+
+
 def _prepare(N, D, loss):
-    N, D, loss = (_as_positive_array(k, v) for k, v in (("N", N), ("D", D), ("loss", loss)))
-    _check_same_length(N=N, D=D, loss=loss)
+    N, D, loss = (check_positive_array(k, v) for k, v in (("N", N), ("D", D), ("loss", loss)))
+    check_same_length(N=N, D=D, loss=loss)
     if N.size < 5:
         raise ValueError(f"fit_parametric needs at least 5 points (5 parameters), got {N.size}")
     return np.log(N), np.log(D), np.log(loss)
@@ -257,14 +261,11 @@ def fit_parametric(N, D, loss, *, delta: float = HUBER_DELTA, n_bootstrap: int =
     points (with replacement, generator seeded by ``seed``) are refit warm-started from the
     point estimate and a coarse profile grid; they fill ``ParametricFit.bootstrap``.
     """
-    if not delta > 0:
-        raise ValueError(f"delta must be positive, got {delta!r}")
-    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
-    if not isinstance(grid_size, int) or grid_size < 4:
-        raise ValueError(f"grid_size must be an integer >= 4, got {grid_size!r}")
-    if not isinstance(n_polish, int) or n_polish < 1:
-        raise ValueError(f"n_polish must be a positive integer, got {n_polish!r}")
+    delta = check_positive("delta", delta)
+    n_bootstrap = check_int("n_bootstrap", n_bootstrap, 0)
+    seed = check_seed("seed", seed)
+    grid_size = check_int("grid_size", grid_size, 4)
+    n_polish = check_int("n_polish", n_polish, 1)
     start = time.perf_counter()
     log_n, log_d, log_loss = _prepare(N, D, loss)
     theta, obj = _fit_core(log_n, log_d, log_loss, delta, grid_size, n_polish)
@@ -288,12 +289,13 @@ def fit_parametric_grid(N, D, loss, *, delta: float = HUBER_DELTA, grid=HOFFMANN
     """The plain reference fit: one scipy L-BFGS-B (analytic gradient, default tolerances) from
     every point of ``grid`` = (alphas, betas, es, as, bs) (Hoffmann/Epoch's grid by default);
     keeps the best. ``max_starts`` runs a random subset of that many starts (seeded)."""
+    delta = check_positive("delta", delta)
+    seed = check_seed("seed", seed)
     log_n, log_d, log_loss = _prepare(N, D, loss)
     mesh = np.stack(np.meshgrid(*grid, indexing="ij"), axis=-1).reshape(-1, 5)
     starts = mesh[:, [3, 4, 2, 0, 1]]  # -> (a, b, e, alpha, beta)
     if max_starts is not None:
-        if not isinstance(max_starts, int) or max_starts < 1:
-            raise ValueError(f"max_starts must be a positive integer or None, got {max_starts!r}")
+        max_starts = check_int("max_starts", max_starts, 1)
         idx = np.random.default_rng(seed).permutation(len(starts))[:max_starts]
         starts = starts[idx]
     t0 = time.perf_counter()
@@ -320,13 +322,10 @@ def optimal_allocation(params: dict | ParametricFit, C):
     a = beta/(alpha+beta), b = alpha/(alpha+beta) (Hoffmann et al. 2022, eq. 4).
     """
     p = params.params if isinstance(params, ParametricFit) else params
-    missing = {"A", "B", "alpha", "beta"} - set(p)
-    if missing:
-        raise ValueError(f"params must hold A, B, alpha, beta; missing {sorted(missing)}")
-    A, B, alpha, beta = (float(p[k]) for k in ("A", "B", "alpha", "beta"))
-    if min(A, B, alpha, beta) <= 0:
-        raise ValueError("params A, B, alpha, beta must be positive for a finite optimum")
-    C = _as_positive_array("C", C)
+    p = _law_params(p, ("A", "B", "alpha", "beta"))
+    # A finite optimum needs every term to fall with its resource.
+    A, B, alpha, beta = (check_positive(f"params[{k!r}]", v) for k, v in p.items())
+    C = check_positive_array("C", C)
     G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
     a, b = beta / (alpha + beta), alpha / (alpha + beta)
     return G * (C / 6.0) ** a, (C / 6.0) ** b / G
@@ -342,7 +341,7 @@ def chinchilla_table(fit: ParametricFit | dict, budgets=None) -> pd.DataFrame:
         fit = ParametricFit.from_params(fit)
     if not isinstance(fit, ParametricFit):
         raise ValueError(f"fit must be a ParametricFit or a parameter dict, got {type(fit).__name__}")
-    budgets = np.logspace(18, 24, 7) if budgets is None else _as_positive_array("budgets", budgets)
+    budgets = np.logspace(18, 24, 7) if budgets is None else check_positive_array("budgets", budgets)
     n_opt, d_opt = fit.optimal_allocation(budgets)
     return pd.DataFrame({"flops": budgets, "n_opt": n_opt, "d_opt": d_opt,
                          "tokens_per_param": d_opt / n_opt, "loss": fit.predict(n_opt, d_opt)})
@@ -376,13 +375,14 @@ class IsoFLOPFit:
 
     def predict(self, C):
         """(N*, D*) at C FLOPs from the fitted power laws."""
-        C = _as_positive_array("C", C)
+        C = check_positive_array("C", C)
         return 10 ** self.log10_k_n * C**self.a, 10 ** self.log10_k_d * C**self.b
 
     def ci(self, level: float = 0.95) -> pd.DataFrame:
         """Point estimate and percentile bootstrap interval of a, b and the prefactors."""
         if self.bootstrap is None or self.bootstrap.empty:
             raise ValueError("this fit has no bootstrap; call fit_isoflop(..., n_bootstrap>0)")
+        level = check_confidence(level, "level")
         lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
         point = pd.Series({"a": self.a, "b": self.b, "log10_k_n": self.log10_k_n,
                            "log10_k_d": self.log10_k_d})
@@ -414,12 +414,13 @@ def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 
     vertex is then an extrapolation). Bootstrap: points are resampled within each budget,
     ``n_bootstrap`` times (generator seeded by ``seed``).
     """
-    budget, N, loss = (_as_positive_array(k, v) for k, v in
+    budget, N, loss = (check_positive_array(k, v) for k, v in
                        (("budget", budget), ("N", N), ("loss", loss)))
-    D = budget / (6.0 * N) if D is None else _as_positive_array("D", D)
-    _check_same_length(budget=budget, N=N, loss=loss, D=D)
-    if not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    check_same_length(budget=budget, N=N, loss=loss)
+    D = budget / (6.0 * N) if D is None else check_positive_array("D", D)
+    check_same_length(budget=budget, D=D)
+    n_bootstrap = check_int("n_bootstrap", n_bootstrap, 0)
+    seed = check_seed("seed", seed)
     levels = np.unique(budget)
     groups = []
     for c in levels:

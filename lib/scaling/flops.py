@@ -8,16 +8,17 @@ floating-point operations, times in seconds.
 - ``chinchilla_flops_per_token(config)``: Hoffmann et al. (2022) Appendix F, per token, all
   matrix multiplies including attention and embeddings, x3 for forward + backward.
 - ``count_params(config)``: the analytic parameter count of ``lib.models.Transformer``.
+- ``default_d_ff(d_model)``: lib.models' default MLP width, 8/3 d_model rounded up to 64.
 
 IsoFLOP plans live in ``lib.scaling.planning``, the fits in ``lib.scaling.fit``.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
+
+from lib.core import check_bool, check_choice, check_int, check_number, check_positive
 
 # Chinchilla Table 3 (approach 1): parameters, FLOPs, tokens.
 CHINCHILLA_TABLE3 = pd.DataFrame({
@@ -28,51 +29,44 @@ CHINCHILLA_TABLE3 = pd.DataFrame({
 MLP_MATRICES = {"swiglu": 3, "gelu": 2, "relu": 2, "dense": 2}
 
 
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _num_params(model_or_n) -> float:
-    if hasattr(model_or_n, "num_params"):
-        n = model_or_n.num_params()
-    else:
-        n = model_or_n
-    if not isinstance(n, (int, float, np.integer, np.floating)) or isinstance(n, bool) or not n > 0:
-        raise ValueError("model_or_n must be a positive parameter count or an object whose "
-                         f"num_params() returns one, got {model_or_n!r}")
-    return float(n)
+def default_d_ff(d_model):
+    """lib.models' default MLP width for ``d_model`` (an int, or an int array for a grid)."""
+    d_ff = (64 * np.ceil(8 * np.asarray(d_model) / 3 / 64)).astype(int)
+    return int(d_ff) if d_ff.ndim == 0 else d_ff
 
 
 def flops_6nd(model_or_n, tokens) -> float | np.ndarray:
     """Training FLOPs C = 6 N D for N parameters (a count, or any object with ``num_params()``)
     trained on ``tokens`` tokens (a number or array)."""
-    n = _num_params(model_or_n)
+    if hasattr(model_or_n, "num_params"):
+        n = check_positive("model_or_n.num_params()", model_or_n.num_params())
+    else:
+        n = check_positive("model_or_n", model_or_n)
+    if np.ndim(tokens) == 0:
+        return 6.0 * n * check_number("tokens", tokens, 0)
     d = np.asarray(tokens, dtype=float)
     if np.any(~np.isfinite(d)) or np.any(d < 0):
         raise ValueError("tokens must be finite and non-negative")
-    out = 6.0 * n * d
-    return float(out) if out.ndim == 0 else out
+    return 6.0 * n * d
 
 
 def _shape(config, seq_len):
     get = lambda k, default=None: getattr(config, k, default) if not isinstance(config, dict) \
         else config.get(k, default)
-    V, d, L, h = (get(k) for k in ("vocab_size", "d_model", "n_layers", "n_heads"))
-    for name, v in (("vocab_size", V), ("d_model", d), ("n_layers", L), ("n_heads", h)):
-        _positive_int(f"config.{name}", v)
+    V, d, L, h = (check_int(f"config.{k}", get(k), 1)
+                  for k in ("vocab_size", "d_model", "n_layers", "n_heads"))
     if d % h:
         raise ValueError(f"config.n_heads={h} must divide config.d_model={d}")
-    h_kv = get("n_kv_heads") or h
-    f = get("d_ff") or int(64 * math.ceil(8 * d / 3 / 64))
-    mlp = get("mlp", "swiglu")
-    if mlp not in MLP_MATRICES:
-        raise ValueError(f"config.mlp must be one of {sorted(MLP_MATRICES)} for dense FLOPs "
-                         f"accounting, got {mlp!r} (MoE: count active experts separately)")
+    h_kv = check_int("config.n_kv_heads", get("n_kv_heads") or h, 1)
+    if h % h_kv:
+        raise ValueError(f"config.n_kv_heads={h_kv} must divide config.n_heads={h}")
+    f = check_int("config.d_ff", get("d_ff") or default_d_ff(d), 1)
+    # Dense MLPs only: an MoE layer's FLOPs depend on its active experts, counted separately.
+    mlp = check_choice("config.mlp", get("mlp", "swiglu"), MLP_MATRICES)
     s = seq_len if seq_len is not None else get("max_seq_len", get("seq_len"))
-    s = _positive_int("seq_len", s)
-    return V, d, L, h, h_kv, d // h, f, MLP_MATRICES[mlp], s, bool(get("tie_embeddings", True))
+    s = check_int("seq_len", s, 1)
+    tied = check_bool("config.tie_embeddings", get("tie_embeddings", True))
+    return V, d, L, h, h_kv, d // h, f, MLP_MATRICES[mlp], s, tied
 
 
 def flops_breakdown(config, seq_len: int | None = None) -> dict[str, float]:
@@ -104,6 +98,7 @@ def flops_breakdown(config, seq_len: int | None = None) -> dict[str, float]:
 def chinchilla_flops_per_token(config, seq_len: int | None = None, training: bool = True) -> float:
     """FLOPs per token by Chinchilla's Appendix F (see ``flops_breakdown``); ``training=True``
     multiplies the forward count by 3 (backward = 2 x forward)."""
+    training = check_bool("training", training)
     fwd = sum(flops_breakdown(config, seq_len).values())
     return 3.0 * fwd if training else fwd
 

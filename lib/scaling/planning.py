@@ -1,6 +1,14 @@
-"""IsoFLOP sweep plans: real model shapes for target parameter counts, one plan row per
-(budget, size) with its token budget, steps and estimated wall time, infeasible entries kept and
-explained, and the run configs a sweep trains.
+"""IsoFLOP sweep plans, from budgets to the run configs a sweep trains.
+
+- ``shape_for_params``: the real model shape (lib.models conventions) closest to a target
+  parameter count; ``real_num_params``: its parameter count from lib.models itself;
+- ``measure_training_throughput``: training tokens/second of a shape on a device;
+- ``plan_sweep``: one row per (budget, size) with its token budget, steps and estimated wall
+  time, infeasible entries kept and explained;
+- ``sweep_configs``: the JSON-able run configs of a plan's feasible rows
+  (``lib.experiments.scaling_study`` trains them).
+
+FLOPs and analytic parameter counts come from ``lib.scaling.flops``.
 """
 
 from __future__ import annotations
@@ -10,15 +18,23 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
-from lib.core import autocast, check_int, pick_device
+from lib.core import (
+    autocast,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_number,
+    check_positive,
+    check_positive_array,
+    check_seed,
+    pick_device,
+)
 from lib.models import ModelConfig, Transformer
-from lib.scaling.flops import chinchilla_flops_per_token, count_params
+from lib.scaling.flops import chinchilla_flops_per_token, count_params, default_d_ff
 from lib.training import adamw
-
-
-def _default_d_ff(d_model, multiple=64):
-    return (multiple * np.ceil(8 * np.asarray(d_model) / 3 / multiple)).astype(int)
 
 
 def shape_for_params(target_params: float, *, vocab_size: int, seq_len: int, head_dim: int = 64,
@@ -32,21 +48,21 @@ def shape_for_params(target_params: float, *, vocab_size: int, seq_len: int, hea
     n_heads = d_model / head_dim; d_ff = 8/3 d_model rounded up to 64. Returns a dict of
     ModelConfig fields plus ``n_params`` (analytic count).
     """
-    if not target_params > 0:
-        raise ValueError(f"target_params must be positive, got {target_params!r}")
-    for name, v in (("vocab_size", vocab_size), ("seq_len", seq_len), ("head_dim", head_dim),
-                    ("max_layers", max_layers), ("max_d_model", max_d_model)):
-        check_int(name, v, 1)
+    target_params = check_positive("target_params", target_params)
+    vocab_size, seq_len, head_dim, max_layers, max_d_model = (
+        check_int(name, v, 1) for name, v in (
+            ("vocab_size", vocab_size), ("seq_len", seq_len), ("head_dim", head_dim),
+            ("max_layers", max_layers), ("max_d_model", max_d_model)))
     width_multiple = head_dim if width_multiple is None else check_int("width_multiple", width_multiple, 1)
+    aspect_ratio = check_positive("aspect_ratio", aspect_ratio)
+    tie_embeddings = check_bool("tie_embeddings", tie_embeddings)
     step = math.lcm(width_multiple, head_dim)
-    if not aspect_ratio > 0:
-        raise ValueError(f"aspect_ratio must be positive, got {aspect_ratio!r}")
     widths = np.arange(step, max_d_model + 1, step)
     if widths.size == 0:
         raise ValueError(f"max_d_model={max_d_model} is below the width step {step}")
     layers = np.arange(1, max_layers + 1)
     d, L = np.meshgrid(widths, layers, indexing="ij")
-    f = _default_d_ff(d)
+    f = default_d_ff(d)
     # lib.models: per layer 2d + 4 d^2 (MHA) + 3 d f; embeddings V d (+ V d untied); final d.
     n = vocab_size * d * (1 if tie_embeddings else 2) + L * (2 * d + 4 * d * d + 3 * d * f) + d
     score = np.abs(np.log(n / target_params)) + 0.25 * np.abs(np.log(d / L / aspect_ratio))
@@ -61,13 +77,8 @@ def shape_for_params(target_params: float, *, vocab_size: int, seq_len: int, hea
 
 def real_num_params(shape: dict) -> tuple[int, str]:
     """Parameter count of ``lib.models.Transformer`` for ``shape`` (built on the meta device,
-    no memory); falls back to ``count_params`` when lib.models is unavailable. Returns
-    (count, source) with source "lib.models" or "analytic"."""
-    try:
-        import torch
-
-    except ImportError:
-        return count_params(shape), "analytic"
+    no memory). Returns (count, "lib.models"): the source names where the count came from
+    (plans record it in ``params_source``)."""
     fields = {k: v for k, v in shape.items() if k != "n_params"}
     with torch.device("meta"):
         model = Transformer(ModelConfig(**fields))
@@ -78,13 +89,10 @@ def measure_training_throughput(shape: dict, *, batch_size: int, device=None, st
                                 seed: int = 0) -> float:
     """Training tokens/second of ``lib.models.Transformer(shape)`` on ``device`` (AdamW steps on
     random tokens; the first step is a warm-up and is not timed)."""
-    import torch
-
-
     device = pick_device(device) if not isinstance(device, torch.device) else device
-    check_int("batch_size", batch_size, 1)
-    check_int("steps", steps, 1)
-    torch.manual_seed(seed)
+    batch_size = check_int("batch_size", batch_size, 1)
+    steps = check_int("steps", steps, 1)
+    torch.manual_seed(check_seed("seed", seed))
     cfg = ModelConfig(**{k: v for k, v in shape.items() if k != "n_params"})
     model = Transformer(cfg).to(device)
     opt = adamw(model.parameters(), lr=1e-4)  # as lib.training trains
@@ -128,25 +136,22 @@ def plan_sweep(budgets, *, vocab_size: int, seq_len: int, batch_size: int, n_siz
     ``min_params``, duplicate shape within a budget, fewer than ``min_steps`` steps, or more
     tokens than ``corpus_tokens`` x ``max_epochs``.
     """
-    budgets = np.asarray(budgets, dtype=float).ravel()
-    if budgets.size == 0 or np.any(~np.isfinite(budgets)) or np.any(budgets <= 0):
-        raise ValueError("budgets must be a non-empty array of positive FLOP counts")
-    for name, v in (("vocab_size", vocab_size), ("seq_len", seq_len), ("batch_size", batch_size),
-                    ("n_sizes", n_sizes), ("min_steps", min_steps)):
-        check_int(name, v, 1)
-    if not span >= 1:
-        raise ValueError(f"span must be >= 1 (largest / smallest size), got {span!r}")
-    if not tokens_per_param > 0:
-        raise ValueError(f"tokens_per_param must be positive, got {tokens_per_param!r}")
-    if flops not in ("6nd", "exact"):
-        raise ValueError(f"flops must be '6nd' or 'exact', got {flops!r}")
+    budgets = check_positive_array("budgets", budgets)
+    vocab_size, seq_len, batch_size, n_sizes, min_steps = (
+        check_int(name, v, 1) for name, v in (
+            ("vocab_size", vocab_size), ("seq_len", seq_len), ("batch_size", batch_size),
+            ("n_sizes", n_sizes), ("min_steps", min_steps)))
+    span = check_number("span", span, 1)   # largest / smallest size
+    tokens_per_param = check_positive("tokens_per_param", tokens_per_param)
+    flops = check_choice("flops", flops, ("6nd", "exact"))
     if corpus_tokens is not None:
-        check_int("corpus_tokens", corpus_tokens, 1)
-    if not max_epochs > 0:
-        raise ValueError(f"max_epochs must be positive, got {max_epochs!r}")
-    for name, v in (("tokens_per_second", tokens_per_second), ("flops_per_second", flops_per_second)):
-        if v is not None and not v > 0:
-            raise ValueError(f"{name} must be positive or None, got {v!r}")
+        corpus_tokens = check_int("corpus_tokens", corpus_tokens, 1)
+    max_epochs = check_positive("max_epochs", max_epochs)
+    min_params = check_int("min_params", min_params, 0)
+    if tokens_per_second is not None:
+        tokens_per_second = check_positive("tokens_per_second", tokens_per_second)
+    if flops_per_second is not None:
+        flops_per_second = check_positive("flops_per_second", flops_per_second)
     tokens_per_step = batch_size * seq_len
     rows = []
     for c in budgets:
@@ -195,19 +200,13 @@ def plan_sweep(budgets, *, vocab_size: int, seq_len: int, batch_size: int, n_siz
 def _measured_flops_per_second(rows, batch_size, device, max_params=2e6):
     """Achieved training FLOP/s from one micro-benchmark of the plan's median shape (capped
     at ``max_params`` to stay cheap on a CPU; small shapes run less efficiently, so estimates
-    for larger ones err long). NaN when lib.models is unavailable."""
+    for larger ones err long)."""
     candidates = sorted((r for r in rows if r["n_params"] <= max_params), key=lambda r: r["n_params"])
     if not candidates:
         candidates = [min(rows, key=lambda r: r["n_params"])]
     row = candidates[len(candidates) // 2]
-    try:
-        tps = measure_training_throughput(row["_shape"], batch_size=batch_size, device=device,
-                                          steps=2)
-    except ImportError:
-        return float("nan")
+    tps = measure_training_throughput(row["_shape"], batch_size=batch_size, device=device, steps=2)
     return tps * row["flops_per_token"]
-
-
 
 
 def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_frac: float = 0.05,
@@ -221,24 +220,28 @@ def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_fr
     corpora."""
     if not isinstance(plan, pd.DataFrame) or "feasible" not in plan:
         raise ValueError("plan must be a DataFrame returned by plan_sweep")
-    seeds = [int(s) for s in seeds]
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
-    if not 0 <= warmup_frac < 1:
-        raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    seeds = [check_seed("seeds", s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got none")
+    lr = check_positive("lr", lr)
+    warmup_frac = check_fraction("warmup_frac", warmup_frac, strict_max=True)
+    min_lr_ratio = check_fraction("min_lr_ratio", min_lr_ratio)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seq_len = check_int("seq_len", seq_len, 1)
+    eval_batches = check_int("eval_batches", eval_batches, 1)
     configs = []
     for _, row in plan[plan["feasible"]].iterrows():
         if int(row["tokens"]) != int(row["steps"]) * batch_size * seq_len:
             raise ValueError("plan was made with a different batch_size or seq_len than given")
         for seed in seeds:
+            # Plain ints for JSON (bools too: tie_embeddings=True is stored as 1, and the run
+            # store's run_id hashes this JSON, so changing it would retrain finished runs).
             configs.append({"budget": float(row["budget"]), "n_params": int(row["n_params"]),
                             "model": {k: (int(v) if isinstance(v, (int, np.integer)) else v)
                                       for k, v in row["shape"].items()},
                             "steps": int(row["steps"]), "batch_size": batch_size, "seq_len": seq_len,
-                            "lr": float(lr), "warmup_steps": int(round(warmup_frac * row["steps"])),
-                            "min_lr_ratio": float(min_lr_ratio), "eval_batches": int(eval_batches),
+                            "lr": lr, "warmup_steps": int(round(warmup_frac * row["steps"])),
+                            "min_lr_ratio": min_lr_ratio, "eval_batches": eval_batches,
                             "corpus": corpus, "seed": seed})
     return configs
 

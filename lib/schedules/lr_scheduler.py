@@ -1,20 +1,19 @@
 """The torch side of ``lib.schedules``: one ``LRScheduler`` that plays any schedule.
 
 ``attach(optimizer, schedule)`` returns a ``ScheduledLR``; step it once per OPTIMIZER step.
-Re-exported from ``lib.schedules``, so ``from lib.schedules.decays import attach`` is the usual import.
+Re-exported from ``lib.schedules``, so ``from lib.schedules import attach`` is the usual import.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from lib.schedules.decays import Schedule, _check_int
+from lib.core import check_int, check_number
+from lib.schedules.base import Schedule
 
 __all__ = ["ScheduledLR", "attach"]
 
@@ -35,22 +34,23 @@ class ScheduledLR(LRScheduler):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not callable(schedule):
             raise ValueError(f"schedule must map a step to a multiplier, got {schedule!r}")
-        start_step = _check_int("start_step", start_step, 0)
+        start_step = check_int("start_step", start_step, 0)
         groups = optimizer.param_groups
         if peak_lrs is not None:
             peaks = list(peak_lrs) if isinstance(peak_lrs, (list, tuple)) else [peak_lrs] * len(groups)
-            if len(peaks) != len(groups) or not all(
-                    isinstance(p, numbers.Real) and math.isfinite(p) and p >= 0 for p in peaks):
-                raise ValueError(f"peak_lrs must be one finite LR >= 0 or one per param group "
+            if len(peaks) != len(groups):
+                raise ValueError(f"peak_lrs must be one LR or one per param group "
                                  f"({len(groups)}), got {peak_lrs!r}")
+            peaks = [check_number(f"peak_lrs[{i}]", peak, 0) for i, peak in enumerate(peaks)]
             for group, peak in zip(groups, peaks):
-                group["initial_lr"] = float(peak)
+                group["initial_lr"] = peak
         for group in groups:
             lr = group.setdefault("initial_lr", group["lr"])
             if isinstance(lr, torch.Tensor):
                 group["initial_lr"] = float(lr)  # a float peak; the group's Tensor lr is filled
         self.schedule = schedule
-        self._fn = getattr(schedule, "_scalar", schedule)
+        # A Schedule's unchecked path: the steps counted here are valid by construction.
+        self._fn = schedule._scalar if isinstance(schedule, Schedule) else schedule
         self._tensor_lrs = any(isinstance(g["lr"], torch.Tensor) for g in groups)
         self._accumulation_warned = False
         super().__init__(optimizer, last_epoch=start_step - 1)
@@ -58,7 +58,7 @@ class ScheduledLR(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         """Advance one optimizer step and set every group's ``lr`` to ``peak * schedule(step)``."""
         if epoch is not None:  # torch's deprecated explicit-epoch form: jump there
-            self.last_epoch = _check_int("epoch", epoch, 0) - 1
+            self.last_epoch = check_int("epoch", epoch, 0) - 1
         count = self._step_count
         self._step_count = count + 1
         opt = self.optimizer

@@ -9,7 +9,6 @@ from lib.training.loop import (
     TrainingDiverged,
     TrainResult,
     TrainState,
-    adamw,
     default_optimizer,
     default_schedule,
     evaluate,
@@ -19,8 +18,10 @@ from lib.training.loop import (
 from lib.training.optim import (
     ADJUST_LR_FNS,
     KINDS,
+    NS_DTYPES,
     ROLES,
     ExpertMuon,
+    adamw,
     build_optimizers,
     describe_roles,
     newton_schulz,
@@ -32,7 +33,6 @@ from lib.training.store import (
     canonical_json,
     make_run_id,
     run_sweep,
-    summarize,
 )
 
 __all__ = [
@@ -40,15 +40,16 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "TrainResult",
-    "adamw",
     "default_optimizer",
     "default_schedule",
     "evaluate",
     "train",
     "main",
     "KINDS",
+    "adamw",
     "ADJUST_LR_FNS",
     "ROLES",
+    "NS_DTYPES",
     "newton_schulz",
     "ExpertMuon",
     "param_roles",
@@ -59,5 +60,4 @@ __all__ = [
     "make_run_id",
     "RunStore",
     "run_sweep",
-    "summarize",
 ]

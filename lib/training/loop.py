@@ -16,6 +16,7 @@ initialised (``torchrun ... -m lib.training``), and callbacks (``on_step_start``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,10 +30,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lib.core import autocast, pick_device
+from lib.core import (
+    autocast,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_positive,
+    check_seed,
+    pick_device,
+)
 from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer
 from lib.schedules import WarmupCosine, attach
+from lib.training.optim import adamw, check_betas
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,25 +87,27 @@ class TrainConfig:
     #                        gains; CPU: needs a C++ compiler); the first steps pay the compilation
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_len", "grad_accum"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+            setattr(self, name, check_int(name, getattr(self, name), 1))
         if self.batch_size % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
-        for name in ("eval_every", "checkpoint_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.divergence_factor > 1:
-            raise ValueError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        if self.on_divergence not in ("raise", "stop"):
-            raise ValueError(f"on_divergence must be 'raise' or 'stop', got {self.on_divergence!r}")
+        self.lr = check_positive("lr", self.lr)
+        self.weight_decay = check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        self.betas = check_betas(self.betas)
+        if self.grad_clip is not None:
+            self.grad_clip = check_positive("grad_clip", self.grad_clip)
+        self.eval_every = check_int("eval_every", self.eval_every, 0)
+        self.checkpoint_every = check_int("checkpoint_every", self.checkpoint_every, 0)
+        for name in ("eval_batches", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.seed = check_seed("seed", self.seed)
+        self.divergence_factor = check_number("divergence_factor", self.divergence_factor, 1.0, strict_min=True)
+        check_choice("on_divergence", self.on_divergence, ("raise", "stop"))
+        for name in ("resume", "progress", "compile"):
+            setattr(self, name, check_bool(name, getattr(self, name)))
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, os.PathLike)):
+            raise ValueError(f"checkpoint_path must be None or a path, got {self.checkpoint_path!r}")
         if self.schedule is not None and getattr(self.schedule, "total_steps", self.steps) != self.steps:
             raise ValueError(f"schedule.total_steps={self.schedule.total_steps} differs from steps={self.steps}: "
                              "a schedule is counted in optimizer steps and must span the run")
@@ -139,23 +152,13 @@ def _ddp() -> tuple[int, int]:
     return 0, 1
 
 
-def adamw(groups, **kwargs) -> torch.optim.AdamW:
-    """``torch.optim.AdamW(groups, **kwargs)``, with torch's fused implementation (one kernel
-    over all tensors instead of ~10 ops per tensor) when every parameter is floating point on
-    a CPU or CUDA device, which torch supports there; the per-tensor loop otherwise. On a
-    2-core CPU this makes a small model's training step 10-18% faster."""
-    groups = list(groups)
-    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-    if "fused" not in kwargs and "foreach" not in kwargs:
-        kwargs["fused"] = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                                               for p in params)
-    return torch.optim.AdamW(groups, **kwargs)
-
-
 def default_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
                       betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW (``adamw``: fused where torch supports it) with weight decay on matrices only
     (norm gains, biases and 1-D params excluded)."""
+    lr = check_positive("lr", lr)
+    weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
+    betas = check_betas(betas)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -167,7 +170,7 @@ def default_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
 
 def default_schedule(steps: int):
     """Warm-up 5% of steps, cosine to a 10% floor."""
-
+    steps = check_int("steps", steps, 1)
     return WarmupCosine(total_steps=steps, warmup_steps=max(1, round(0.05 * steps)) if steps > 1 else 0,
                         min_lr_ratio=0.1)
 
@@ -177,6 +180,9 @@ def evaluate(model: nn.Module, data, seq_len: int, batch_size: int = 16,
              max_batches: int | None = None, device=None) -> dict[str, float]:
     """Held-out metrics over deterministic validation windows: token-weighted mean ``loss``
     (nats/token), next-token ``accuracy`` and ``perplexity`` = exp(loss)."""
+    seq_len, batch_size = check_int("seq_len", seq_len, 1), check_int("batch_size", batch_size, 1)
+    if max_batches is not None:
+        max_batches = check_int("max_batches", max_batches, 1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -300,7 +306,7 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         mb = config.micro_batch_size
         for i in range(config.grad_accum):
             sync = i == config.grad_accum - 1 or world == 1
-            ctx = net.no_sync() if not sync and world > 1 else _null()
+            ctx = net.no_sync() if not sync and world > 1 else contextlib.nullcontext()
             with ctx, autocast(device):
                 out = forward(x[i * mb:(i + 1) * mb], y[i * mb:(i + 1) * mb])
                 loss = out.loss / config.grad_accum
@@ -358,14 +364,6 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
     if ckpt is not None and rank == 0 and config.checkpoint_every:
         _save_checkpoint(ckpt, state)
     return TrainResult(history=pd.DataFrame(state.history), final=final, model=model, elapsed_s=elapsed)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------ command line

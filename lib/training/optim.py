@@ -29,19 +29,41 @@ against an independent Newton-Schulz written from the published coefficients.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from lib.core import check_bool, check_choice, check_int, check_number, check_positive
 from lib.models import MoEFeedForward
 from lib.schedules import attach
-from lib.training.loop import adamw as fused_where_possible
 
 KINDS = ("muon", "adamw")
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 ROLES = ("muon", "adamw_decay", "adamw_no_decay")
 _HEAD_NAMES = ("head", "lm_head", "output")
+# Newton-Schulz dtypes of ExpertMuon; "auto" is bf16 on CUDA, fp32 elsewhere.
+NS_DTYPES = ("auto", torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def adamw(groups, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(groups, **kwargs)``, with torch's fused implementation (one kernel
+    over all tensors instead of ~10 ops per tensor) when every parameter is floating point on
+    a CPU or CUDA device, which torch supports there; the per-tensor loop otherwise. On a
+    2-core CPU this makes a small model's training step 10-18% faster."""
+    groups = list(groups)
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    if "fused" not in kwargs and "foreach" not in kwargs:
+        kwargs["fused"] = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                               for p in params)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def check_betas(betas: Sequence[float], name: str = "betas") -> tuple[float, float]:
+    """Adam's two moment decays, each a number in [0, 1), as a tuple of floats."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name} must be two numbers in [0, 1), got {betas!r}")
+    return tuple(check_number(f"{name}[{i}]", b, 0.0, 1.0, strict_max=True) for i, b in enumerate(betas))
 
 
 def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
@@ -79,8 +101,13 @@ class ExpertMuon(torch.optim.Muon):
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
                  eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None,
                  ns_dtype: torch.dtype | str = "auto"):
-        if ns_dtype != "auto" and ns_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
-            raise ValueError(f"ns_dtype must be 'auto' or a floating torch dtype, got {ns_dtype!r}")
+        check_choice("ns_dtype", ns_dtype, NS_DTYPES)
+        lr = check_positive("lr", lr, allow_zero=True)
+        weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
+        momentum = check_number("momentum", momentum, 0.0, 1.0, strict_max=True)
+        nesterov = check_bool("nesterov", nesterov)
+        ns_steps = check_int("ns_steps", ns_steps, 1)
+        eps = check_positive("eps", eps)
         # torch's Muon validates the hyper-parameters and builds ``defaults``; a 1x1 probe
         # borrows both without duplicating them, then the real groups (2-D or 3-D) go in.
         probe = torch.optim.Muon([torch.zeros(1, 1, requires_grad=True)], lr=lr, weight_decay=weight_decay,
@@ -135,7 +162,6 @@ def _head_and_embedding_params(model: nn.Module) -> set[int]:
 
 
 def _router_params(model: nn.Module) -> set[int]:
-
     return {id(m.router.weight) for m in model.modules() if isinstance(m, MoEFeedForward)}
 
 
@@ -161,13 +187,6 @@ def param_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     return roles
 
 
-def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return float(value)
-
-
 def build_optimizers(model: nn.Module, kind: str = "muon", lr: float = 0.02, adamw_lr: float | None = None,
                      weight_decay: float = 0.1, muon_weight_decay: float | None = None,
                      momentum: float = 0.95, adjust_lr_fn: str | None = None,
@@ -191,45 +210,40 @@ def build_optimizers(model: nn.Module, kind: str = "muon", lr: float = 0.02, ada
 
     Returns ``(optimizers, schedulers)``: lists; ``schedulers`` is empty without a schedule.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if adjust_lr_fn not in ADJUST_LR_FNS:
-        raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS}, got {adjust_lr_fn!r}")
-    lr = _check_positive("lr", lr)
-    weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    check_choice("kind", kind, KINDS)
+    check_choice("adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
+    lr = check_positive("lr", lr)
+    weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
+    betas = check_betas(betas)
     roles = param_roles(model)
 
-    def adamw(groups, peak):
-
+    def adamw_of(groups, peak):
         groups = [g for g in groups if g["params"]]
-        return fused_where_possible(groups, lr=peak, betas=tuple(betas)) if groups else None
+        return adamw(groups, lr=peak, betas=betas) if groups else None
 
     no_decay = {"params": [p for _, p in roles["adamw_no_decay"]], "weight_decay": 0.0}
     if kind == "adamw":
         if adamw_lr is not None:
             raise ValueError("adamw_lr is for kind='muon' (the AdamW half); with kind='adamw' use lr")
         decay = {"params": [p for r in ("muon", "adamw_decay") for _, p in roles[r]], "weight_decay": weight_decay}
-        optimizers = [adamw([decay, no_decay], lr)]
+        optimizers = [adamw_of([decay, no_decay], lr)]
     else:
         if adamw_lr is None:
             adamw_lr = lr if adjust_lr_fn == "match_rms_adamw" else lr / 10
-        adamw_lr = _check_positive("adamw_lr", adamw_lr)
-        muon_wd = weight_decay if muon_weight_decay is None else _check_positive(
+        adamw_lr = check_positive("adamw_lr", adamw_lr)
+        muon_wd = weight_decay if muon_weight_decay is None else check_positive(
             "muon_weight_decay", muon_weight_decay, allow_zero=True)
-        _check_positive("momentum", momentum, allow_zero=True)
+        momentum = check_number("momentum", momentum, 0.0, 1.0, strict_max=True)
         decay = {"params": [p for _, p in roles["adamw_decay"]], "weight_decay": weight_decay}
         muon_params = [p for _, p in roles["muon"]]
         optimizers = [ExpertMuon(muon_params, lr=lr, weight_decay=muon_wd, momentum=momentum,
                                  adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype)] if muon_params else []
-        optimizers.append(adamw([decay, no_decay], adamw_lr))
+        optimizers.append(adamw_of([decay, no_decay], adamw_lr))
     optimizers = [o for o in optimizers if o is not None]
     if not optimizers:
         raise ValueError("model has no trainable parameters")
     schedulers = []
     if schedule is not None:
-
         schedulers = [attach(opt, schedule) for opt in optimizers]
     return optimizers, schedulers
 

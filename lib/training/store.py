@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import socket
 import sqlite3
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.core import data_dir
+from lib.core import check_bool, check_choice, check_positive, data_dir
 
 STATUSES = ("running", "done", "failed")
 
@@ -94,6 +93,12 @@ def make_run_id(sweep: str, config: dict) -> str:
     return hashlib.sha256(canonical_json({"sweep": sweep, "config": config}).encode()).hexdigest()[:16]
 
 
+def _check_sweep(sweep: Any) -> str:
+    if not isinstance(sweep, str) or not sweep:
+        raise ValueError(f"sweep must be a non-empty string, got {sweep!r}")
+    return sweep
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -120,13 +125,12 @@ class RunStore:
 
     def __init__(self, path: str | Path | None = None, timeout: float = 60.0):
         if path is None:
-
             path = data_dir() / "runs.sqlite"
         self.path = Path(path)
         if self.path.is_dir():
             raise ValueError(f"path={str(self.path)!r} is a folder; give the SQLite file's path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.timeout = float(timeout)
+        self.timeout = check_positive("timeout", timeout)
         self.host = socket.gethostname()
         try:
             with self._connect() as con:
@@ -167,8 +171,8 @@ class RunStore:
         ``running`` left by a dead process on this host), ``"done"`` (nothing to do) or
         ``"busy"`` (``running`` in a live process, or on another host unless ``steal``).
         """
-        if not isinstance(sweep, str) or not sweep:
-            raise ValueError(f"sweep must be a non-empty string, got {sweep!r}")
+        _check_sweep(sweep)
+        steal = check_bool("steal", steal)
         if not isinstance(config, dict):
             raise ValueError(f"config must be a dict, got {type(config).__name__}")
         run_id = make_run_id(sweep, config)
@@ -196,6 +200,7 @@ class RunStore:
 
     def finish(self, run_id: str, metrics: dict, seconds: float, history=None) -> None:
         """Mark a run done with its ``metrics`` (and optional ``history`` records), atomically."""
+        seconds = check_positive("seconds", seconds, allow_zero=True)
         metrics_json = json.dumps(_plain(metrics, "metrics"), sort_keys=True)
         records = None
         if history is not None:
@@ -206,7 +211,7 @@ class RunStore:
             records = json.dumps(_plain(history, "history"))
         with self._transaction() as con:
             cur = con.execute("UPDATE runs SET status = 'done', metrics = ?, error = NULL, finished = ?, "
-                              "seconds = ? WHERE run_id = ?", (metrics_json, _now(), float(seconds), run_id))
+                              "seconds = ? WHERE run_id = ?", (metrics_json, _now(), seconds, run_id))
             if cur.rowcount != 1:
                 raise ValueError(f"run_id={run_id!r} is not in {self}")
             con.execute("DELETE FROM history WHERE run_id = ?", (run_id,))
@@ -215,12 +220,15 @@ class RunStore:
 
     def fail(self, run_id: str, error: str, seconds: float | None = None) -> None:
         """Mark a run failed with the error text (a traceback)."""
+        if seconds is not None:
+            seconds = check_positive("seconds", seconds, allow_zero=True)
         with self._transaction() as con:
             con.execute("UPDATE runs SET status = 'failed', error = ?, finished = ?, seconds = ? "
                         "WHERE run_id = ?", (str(error), _now(), seconds, run_id))
 
     def delete(self, sweep: str) -> int:
         """Remove every run of ``sweep``; returns how many."""
+        _check_sweep(sweep)
         with self._transaction() as con:
             con.execute("DELETE FROM history WHERE run_id IN (SELECT run_id FROM runs WHERE sweep = ?)", (sweep,))
             return con.execute("DELETE FROM runs WHERE sweep = ?", (sweep,)).rowcount
@@ -249,10 +257,10 @@ class RunStore:
         bookkeeping column is renamed ``metrics.<name>``. Rows are in order of first claim
         (a sweep's config order); a rerun keeps its row's place.
         """
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES} or None, got {status!r}")
+        check_choice("status", status, (None, *STATUSES))
         query, args = "SELECT * FROM runs WHERE 1 = 1", []
         if sweep is not None:
+            _check_sweep(sweep)
             query, args = query + " AND sweep = ?", [*args, sweep]
         if status is not None:
             query, args = query + " AND status = ?", [*args, status]
@@ -277,6 +285,7 @@ class RunStore:
 
     def histories(self, sweep: str) -> pd.DataFrame:
         """All histories of ``sweep`` stacked, with a ``run_id`` column (for curve plots)."""
+        _check_sweep(sweep)
         with self._connect() as con:
             rows = con.execute("SELECT h.run_id, h.records FROM history h JOIN runs r USING (run_id) "
                                "WHERE r.sweep = ? ORDER BY r.rowid", (sweep,)).fetchall()
@@ -311,6 +320,9 @@ def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Call
         raise ValueError(f"store must be a RunStore, got {type(store).__name__}")
     if not callable(run_fn):
         raise ValueError("run_fn must be callable: run_fn(config: dict) -> dict of metrics")
+    _check_sweep(sweep)
+    progress, raise_errors = check_bool("progress", progress), check_bool("raise_errors", raise_errors)
+    retry_failed, steal = check_bool("retry_failed", retry_failed), check_bool("steal", steal)
     configs = list(configs)
     seen: dict[str, int] = {}
     for i, config in enumerate(configs):
@@ -352,18 +364,3 @@ def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Call
     bar.close()
     return store.frame(sweep)
 
-
-def summarize(frame: pd.DataFrame, by: list[str] | str, metric: str, confidence: float = 0.95) -> pd.DataFrame:
-    """Mean, std, count and a Student-t ``confidence`` interval of ``metric`` per group ``by``."""
-    from scipy import stats
-
-    by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in [*by, metric] if c not in frame]
-    if missing:
-        raise ValueError(f"columns {missing} are not in the frame; it has {list(frame.columns)}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    g = frame.groupby(by)[metric].agg(["mean", "std", "count"]).reset_index()
-    t = np.array([stats.t.ppf(0.5 + confidence / 2, n - 1) if n > 1 else math.nan for n in g["count"]])
-    g["ci"] = t * g["std"] / np.sqrt(g["count"])
-    return g

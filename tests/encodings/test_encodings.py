@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 from decimal import Decimal, getcontext
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from lib.core import Registry
 from lib.encodings import (
     ENCODINGS,
     alibi_slopes,
@@ -277,6 +279,47 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="head_dim"):
         build_encoding("rope", **{**DIMS, "head_dim": 7})
     assert {"rope", "none", "alibi", "yarn", "pi_spiral", "pi_spiral_hybrid", "attractor"} <= set(ENCODINGS)
+
+
+def test_registry_holds_every_variant_under_its_name():
+    """Each variant registers where it is defined, with its registered name stored on the class;
+    an unknown name is a ValueError listing the registered ones."""
+    assert isinstance(ENCODINGS, Registry)
+    modules = {"rope": "rope", "rope_partial": "rope", "rope_linear": "rope", "rope_ntk": "rope",
+               "rope_dynamic": "rope", "yarn": "rope", "llama3": "rope", "none": "absolute",
+               "sinusoidal": "absolute", "alibi": "absolute", "pi_spiral": "spiral",
+               "pi_spiral_rotary": "spiral", "pi_spiral_hybrid": "spiral", "attractor": "attractor"}
+    assert {name: cls.__module__ for name, cls in ENCODINGS.items()} == {
+        name: f"lib.encodings.{module}" for name, module in modules.items()}
+    for name, cls in ENCODINGS.items():
+        assert cls.name == name
+        assert build_encoding(name, **DIMS, **({"n_layers": 1} if name == "attractor" else {})).name == name
+    with pytest.raises(ValueError, match=r"unknown encoding 'nope'; registered: \['alibi', 'attractor'"):
+        build_encoding("nope", **DIMS)
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("rope", {"n_heads": True}, "n_heads must be an integer >= 1"),
+    ("rope", {"base": True}, "base must be a finite number > 1.0"),
+    ("rope_ntk", {"base": 0.5}, "base must be a finite number > 1.0"),
+    ("yarn", {"original_max_seq_len": 0}, "original_max_seq_len must be an integer >= 1"),
+    ("llama3", {"original_max_seq_len": 64.0}, "original_max_seq_len must be an integer >= 1"),
+    ("yarn", {"truncate": 1}, "truncate must be True or False"),
+    ("pi_spiral_hybrid", {"spiral": "double"}, r"spiral must be one of \['rotary', 'single'\]"),
+    ("attractor", {"n_layers": 1, "horizon": 0}, "horizon must be an integer >= 1"),
+    ("attractor", {"n_layers": 1, "alpha_value": 1.0}, "alpha_value must be a finite number > 0.0 and < 1.0"),
+    ("attractor", {"n_layers": 1, "base": "attractor"}, r"base must be one of \['alibi'"),
+])
+def test_arguments_are_checked_by_name(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_encoding(name, **{**DIMS, **kw})
+
+
+def test_numpy_integer_dimensions_are_integers():
+    enc = build_encoding("rope", **{k: np.int64(v) for k, v in DIMS.items()})
+    assert type(enc.head_dim) is int and type(enc.max_seq_len) is int
+    torch.testing.assert_close(enc.inv_freq, build_encoding("rope", **DIMS).inv_freq, rtol=0, atol=0)
+    assert alibi_slopes(np.int64(4)).tolist() == alibi_slopes(4).tolist()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

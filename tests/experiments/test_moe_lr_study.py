@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from lib.core import verdict
 from lib.experiments import moe_lr_study as studies
-from lib.training import RunStore
+from lib.training import RunStore, make_run_id
 
 matplotlib.use("Agg")
 
@@ -35,6 +36,27 @@ def test_config_validation_and_grid():
     assert studies.lr_grid(1e-3, 2, factor=4) == [5e-4, 2e-3]
     aa = studies.aa_configs(studies.study_config(), [0, 1, 2])
     assert [(r["seed"], r["repeat"]) for r in aa] == [(0, 0), (1, 0), (2, 0), (0, 1)]
+
+
+def test_config_values_are_checked_like_everywhere_else(tmp_path):
+    config = studies.study_config(seed=np.int64(2), steps=np.int32(8), warmup=0)
+    assert type(config["seed"]) is int and type(config["steps"]) is int  # JSON-able, same run id
+    assert config["warmup"] == 0 and type(config["warmup"]) is int       # 0 and 0.0 name different runs
+    assert make_run_id("s", config) == make_run_id("s", {**config, "seed": 2, "steps": 8})
+    bad = [("seed", True), ("seed", 1.0), ("seed", -1), ("steps", 0), ("steps", 6.0), ("d_model", "64"),
+           ("lr", 0.0), ("lr", float("nan")), ("lr", True), ("floor", 1.0), ("warmup", -0.1),
+           ("grad_clip", 0.0), ("adamw_lr", -1e-3), ("weight_decay", -0.1), ("mlp", "dense"),
+           ("eval_batches", 0), ("threads", None)]
+    for key, value in bad:
+        with pytest.raises(ValueError, match=key):
+            studies.study_config(**{key: value})
+    assert studies.study_config(eval_batches=None, grad_clip=None)["eval_batches"] is None
+    for kwargs, name in ((dict(center=0.0), "center"), (dict(center=0.1, n=2.0), "n"),
+                         (dict(center=0.1, factor=1.0), "factor")):
+        with pytest.raises(ValueError, match=name):
+            studies.lr_grid(**kwargs)
+    with pytest.raises(ValueError, match="workers"):
+        studies.run_study(RunStore(tmp_path / "runs.sqlite"), "s", [], workers=0)
 
 
 def test_dense_equivalent_matches_active_parameters():
@@ -72,6 +94,17 @@ def test_paired_difference_closed_form():
     assert studies.verdict(studies.paired_difference(_frame(diffs), {"arm": "b"}, {"arm": "a"})) == "a worse"
     mixed = studies.paired_difference(_frame([0.05, -0.05, 0.01, -0.02]), {"arm": "a"}, {"arm": "b"})
     assert studies.verdict(mixed) == "no detectable difference"
+    assert studies.verdict is verdict  # one reading of a paired difference, lib.core's
+    at_90 = studies.paired_difference(_frame(diffs), {"arm": "a"}, {"arm": "b"}, confidence=0.9)
+    lo, hi = stats.t.interval(0.9, n - 1, loc=mean, scale=stats.sem(diffs))
+    assert (at_90["ci_low"], at_90["ci_high"]) == pytest.approx((lo, hi))
+    with pytest.raises(ValueError, match="confidence"):
+        studies.paired_difference(_frame(diffs), {"arm": "a"}, {"arm": "b"}, confidence=95)
+    doubled = pd.concat([_frame(diffs), _frame(diffs)])  # two runs per seed: the arms are not paired
+    with pytest.raises(ValueError, match=r"one value per pairing label.*a=\{'arm': 'a'\}"):
+        studies.paired_difference(doubled, {"arm": "a"}, {"arm": "b"})
+    with pytest.raises(ValueError, match="need >= 2 paired values, found 1.*paired on 'seed'"):
+        studies.paired_difference(_frame(diffs[:1]), {"arm": "a"}, {"arm": "b"})
 
 
 def test_summarize_excludes_diverged_and_noise_floor():
@@ -87,6 +120,11 @@ def test_summarize_excludes_diverged_and_noise_floor():
     aa = pd.DataFrame({"seed": [0, 1, 2, 0], "repeat": [0, 0, 0, 1], "val_loss": [3.0, 3.1, 2.9, 3.0]})
     floor = studies.noise_floor(aa)
     assert floor["seed_std"] == pytest.approx(0.1) and floor["repeat_max_abs_diff"] == 0.0
+    lo, hi = stats.t.interval(0.9, 2, loc=3.0, scale=stats.sem([3.0, 3.1, 2.9]))
+    assert studies.noise_floor(aa, confidence=0.9)["ci"] == pytest.approx((hi - lo) / 2)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((a["mean"] - a["ci"], a["mean"] + a["ci"]))
+    with pytest.raises(ValueError, match="confidence"):
+        studies.summarize(frame, "arm", confidence=1.0)
     assert studies.best(studies.summarize(_frame([0.1] * 4), "arm"))["arm"].item() == "b"
 
 

@@ -6,27 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lib.training import TrainConfig
 
-def test_protocol_helpers_on_a_tiny_language_model(one_thread):
-    from scipy import stats
 
+def _tiny_task(**train):
     from lib.data import synthetic_corpus
-    from lib.experiments.predictive_study import (
-        LMTask,
-        forced_real_steps,
-        horizon_study,
-        mean_ci,
-        run_arm,
-    )
+    from lib.experiments.predictive_study import LMTask
     from lib.models import ModelConfig
 
-    m, h = mean_ci([1.0, 2.0, 4.0])
-    lo, hi = stats.t.interval(0.95, 2, loc=np.mean([1, 2, 4]), scale=stats.sem([1, 2, 4]))
-    assert (m - h, m + h) == pytest.approx((lo, hi))
     data = synthetic_corpus(n_train_tokens=20_000, n_val_tokens=4_000)
-    task = LMTask(data, ModelConfig(vocab_size=data.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16),
-                  steps=30, batch_size=4, seq_len=16, eval_every=10, eval_batches=1,
+    model = ModelConfig(vocab_size=data.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    settings = {**dict(steps=30, batch_size=4, seq_len=16, eval_every=10, eval_batches=1, device="cpu"), **train}
+    return LMTask(data, model, TrainConfig(**settings),
                   hybrid=dict(warmup_steps=6, full_steps=4, max_predict_steps=3, correct_steps=2))
+
+
+def test_protocol_helpers_on_a_tiny_language_model(one_thread):
+    from lib.experiments.predictive_study import forced_real_steps, horizon_study, run_arm
+
+    task = _tiny_task()
     # 6+4 real, then (3 predicted + 2 real) x 4 = 20 -> 10 + 8 = 18 real steps
     assert forced_real_steps(task) == 18
     res = run_arm(task, "null", seed=0)
@@ -71,3 +69,63 @@ def test_summarize_computes_paired_speedups_against_the_target():
     assert row.loc["fast", "meets_goal"] and not row.loc["slow", "meets_goal"]
     assert np.isnan(row.loc["slow", "speedup_wall"]) and row.loc["slow", "seeds_reaching_target"] == 0
     assert row.loc["plain", "seeds_reaching_target"] == 2
+
+
+def test_the_task_shares_train_config_settings_with_every_arm():
+    from lib.experiments.predictive_study import EVAL_BATCH_SIZE, QUICK, make_task
+
+    task = _tiny_task(lr=1e-3, grad_clip=0.5, seed=3)
+    for arm in ("plain", "null", "rssm_gated", "plain_matched"):
+        cfg = task.hybrid_config(arm, 18)
+        assert cfg.train.steps == 18 and cfg.train.grad_clip == 0.5 and cfg.train.eval_every == 10
+        assert cfg.train.seed == 3 and cfg.train.batch_size == 4
+    forced, gated = task.hybrid_config("ema", 30), task.hybrid_config("rssm_gated", 30)
+    assert forced.confidence_threshold == 0.0 and forced.predict_length == "max"
+    assert gated.confidence_threshold == 0.5 and gated.predict_length == "confidence"
+    model = task.build_model(0)
+    assert {g["lr"] for g in task.build_optimizer(model).param_groups} == {1e-3}
+    quick = make_task(dict(QUICK, train_tokens=20_000))
+    assert quick.train.steps == QUICK["steps"] and quick.train.eval_batch_size == EVAL_BATCH_SIZE
+    assert quick.hybrid["warmup_steps"] == QUICK["warmup_steps"] and str(quick.device) == "cpu"
+
+
+def test_task_and_protocol_inputs_are_validated():
+    from lib.data import synthetic_corpus
+    from lib.experiments.predictive_study import (
+        LMTask,
+        horizon_study,
+        run_arm,
+        run_protocol,
+        summarize,
+    )
+    from lib.schedules import WarmupCosine
+
+    task = _tiny_task()
+    with pytest.raises(ValueError, match="train must be a lib.training.TrainConfig"):
+        LMTask(task.data, task.model_config, dict(steps=30))
+    with pytest.raises(ValueError, match="eval_every"):
+        _tiny_task(eval_every=0)
+    with pytest.raises(ValueError, match="schedule"):
+        _tiny_task(schedule=WarmupCosine(total_steps=30, warmup_steps=3))
+    with pytest.raises(ValueError, match="grad_accum"):
+        _tiny_task(grad_accum=2)
+    with pytest.raises(ValueError, match="total_steps"):
+        LMTask(synthetic_corpus(n_train_tokens=20_000, n_val_tokens=4_000), task.model_config,
+               task.train, hybrid=dict(total_steps=30))
+    with pytest.raises(ValueError, match="max_predict_steps"):
+        LMTask(task.data, task.model_config, task.train, hybrid=dict(max_predict_steps=0))
+    with pytest.raises(ValueError, match="arm"):
+        run_arm(task, "oracle", 0)
+    with pytest.raises(ValueError, match="seed"):
+        run_arm(task, "plain", -1)
+    with pytest.raises(ValueError, match="arms"):
+        run_protocol(task, arms=("plain", "oracle"))
+    for seeds in ((), (0, 1.0), (True,), "01"):
+        with pytest.raises(ValueError, match="seeds"):
+            run_protocol(task, seeds=seeds)
+    for kw in (dict(horizon=0), dict(anchor_every=2.0), dict(start=-1), dict(predictors=("plain",))):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            horizon_study(task, **kw)
+    for kw in (dict(target_slack=-0.1), dict(speedup_goal=0), dict(speedup_goal=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            summarize({"results": {}}, **kw)

@@ -78,6 +78,8 @@ def test_bad_input_is_a_value_error():
         linear_cross_entropy(h, w, torch.zeros(11, dtype=torch.long))
     with pytest.raises(ValueError, match="rows"):
         linear_cross_entropy(h, w, torch.zeros(10, dtype=torch.long), rows=0)
+    with pytest.raises(ValueError, match="rows must be an integer"):
+        linear_cross_entropy(h, w, torch.zeros(10, dtype=torch.long), rows=4.0)
 
 
 def _model_grads(impl, idx, vocab):

@@ -216,6 +216,31 @@ def test_validation_errors():
         MoEFeedForward(8, 16)(torch.randn(2, 3, 9))
     with pytest.raises(ValueError, match="shared_expert"):
         to_hf_mixtral_block(MoEFeedForward(8, 16, shared_expert=True))
+    with pytest.raises(ValueError, match="experts_implementation"):
+        to_hf_mixtral_block(MoEFeedForward(8, 16), "fast")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(d_model=8.0), r"d_model must be an integer >= 1, got 8.0"),   # a float is not a count
+    (dict(n_experts=True), "n_experts"),                               # nor is a bool
+    (dict(top_k=1.0), "top_k"),
+    (dict(aux_loss_coef=True), r"aux_loss_coef must be a finite number >= 0.0, got True"),
+    (dict(z_loss_coef=float("nan")), "z_loss_coef"),
+    (dict(bias_update_rate=-1e-3), "bias_update_rate"),
+    (dict(init_std=0), "init_std"),
+    (dict(shared_expert=1), "shared_expert"),
+    (dict(aux_free_bias="yes"), "aux_free_bias"),
+])
+def test_arguments_are_checked_by_name(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MoEFeedForward(**{"d_model": 8, "d_ff": 16, **kw})
+
+
+def test_numpy_ints_are_counts():
+    import numpy as np
+
+    layer = MoEFeedForward(np.int64(8), np.int32(16), n_experts=np.int64(4), top_k=np.int64(2))
+    assert (layer.d_model, layer.n_experts, layer.top_k) == (8, 4, 2) and type(layer.top_k) is int
 
 
 def test_builds_inside_lib_models():

@@ -98,6 +98,46 @@ def test_bad_config_is_a_clear_error(kwargs, match):
         Transformer(tiny(**kwargs))
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d_model=64.0), r"d_model must be an integer >= 1, got 64.0"),  # a float is not a count
+    (dict(n_layers=True), r"n_layers must be an integer >= 1, got True"),  # nor is a bool
+    (dict(vocab_size="97"), "vocab_size"),
+    (dict(n_kv_heads=2.0), "n_kv_heads"),
+    (dict(d_ff=0), "d_ff"),
+    (dict(dropout=True), "dropout"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(init_std=True), "init_std"),
+    (dict(tie_embeddings=1), "tie_embeddings"),
+    (dict(loss_impl="fast"), "loss_impl"),
+    (dict(moe=None), "moe"),
+])
+def test_config_values_are_checked_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kwargs)
+
+
+def test_config_takes_numpy_ints_and_stores_plain_ones():
+    import numpy as np
+
+    config = tiny(d_model=np.int64(64), n_heads=np.int32(4), n_kv_heads=np.int64(2), d_ff=np.int16(96))
+    assert (config.d_model, config.n_heads, config.n_kv_heads, config.d_ff) == (64, 4, 2, 96)
+    assert all(type(v) is int for v in (config.d_model, config.n_heads, config.n_kv_heads, config.d_ff))
+    assert Transformer(config).flops_per_token(np.int64(8), exact=True) == Transformer(config).flops_per_token(8, exact=True)
+    with pytest.raises(ValueError, match="seq_len"):
+        Transformer(config).flops_per_token(8.0, exact=True)
+
+
+def test_mlps_are_a_registry_the_config_lists():
+    from lib.core import Registry
+    from lib.models import MLPS, MoEFeedForward, SwiGLU
+
+    assert isinstance(MLPS, Registry) and sorted(MLPS) == ["moe", "swiglu"]
+    with pytest.raises(ValueError, match=r"mlp must be one of \['moe', 'swiglu'\], got 'kan'"):
+        tiny(mlp="kan")
+    assert isinstance(MLPS.build("swiglu", tiny()), SwiGLU)
+    assert isinstance(MLPS.build("moe", tiny(mlp="moe", moe={"n_experts": 2, "top_k": 1})), MoEFeedForward)
+
+
 def test_bad_input_shape():
     with pytest.raises(ValueError, match="idx"):
         Transformer(tiny())(torch.zeros(5, dtype=torch.long))

@@ -3,12 +3,16 @@ null-predictor equivalences against plain training replayed independently."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from lib.predictive import (
+    MAX_LR_RATIO,
+    PREDICTORS,
     EMAPredictor,
     HybridConfig,
     HybridTrainer,
@@ -18,8 +22,10 @@ from lib.predictive import (
     UpdateBasis,
     build_predictor,
     fit_coefficients,
+    lr_ratio,
     relative_residual,
 )
+from lib.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,7 +116,7 @@ def test_predicted_deltas_are_applied_to_the_parameters():
     x, y = _regression()
     model = _mlp()
     seen = {}
-    cfg = HybridConfig(total_steps=30, warmup_steps=5, full_steps=2, max_predict_steps=4,
+    cfg = HybridConfig(TrainConfig(steps=30), warmup_steps=5, full_steps=2, max_predict_steps=4,
                        correct_steps=1, confidence_threshold=0.5, predict_length="max",
                        divergence_tolerance=10.0)
     res = HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05),
@@ -129,9 +135,9 @@ def test_linear_predictor_repeats_last_real_update():
     x, y = _regression()
     model = _mlp()
     seen = {}
-    cfg = HybridConfig(total_steps=24, warmup_steps=6, full_steps=2, max_predict_steps=3,
-                       correct_steps=1, confidence_threshold=0.0, predict_length="max",
-                       check_loss=True, divergence_tolerance=100.0, grad_clip=None)
+    cfg = HybridConfig(TrainConfig(steps=24, grad_clip=None), warmup_steps=6, full_steps=2,
+                       max_predict_steps=3, correct_steps=1, confidence_threshold=0.0, predict_length="max",
+                       check_loss=True, divergence_tolerance=100.0)
     res = HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05),
                         _record_params(_minibatch_loss(x, y), seen), cfg,
                         predictor=LinearPredictor()).run()  # constant schedule: LR ratio 1
@@ -186,9 +192,9 @@ def test_oracle_predictor_reproduces_plain_training_on_a_quadratic():
     b = torch.randn(20)
     loss_fn = lambda model, step: 0.5 * ((a @ model.weight.squeeze(0) - b) ** 2).mean()
     sched = _schedule(60)
-    cfg = HybridConfig(total_steps=60, warmup_steps=5, full_steps=3, max_predict_steps=6,
-                       correct_steps=2, confidence_threshold=0.5, predict_length="max",
-                       grad_clip=None, divergence_tolerance=10.0)
+    cfg = HybridConfig(TrainConfig(steps=60, grad_clip=None), warmup_steps=5, full_steps=3,
+                       max_predict_steps=6, correct_steps=2, confidence_threshold=0.5, predict_length="max",
+                       divergence_tolerance=10.0)
     runs = {}
     for arm in ("plain", "oracle"):
         model = nn.Linear(6, 1, bias=False)
@@ -214,7 +220,7 @@ def test_null_predictor_equals_plain_training_on_the_real_steps_only():
     x, y = _regression(1)
     loss_fn = _minibatch_loss(x, y)
     sched = _schedule(40)
-    cfg = HybridConfig(total_steps=40, warmup_steps=8, full_steps=2, max_predict_steps=3,
+    cfg = HybridConfig(TrainConfig(steps=40), warmup_steps=8, full_steps=2, max_predict_steps=3,
                        correct_steps=1, confidence_threshold=0.0, predict_length="max")
     model = _mlp(3)
     res = HybridTrainer(model, torch.optim.AdamW(model.parameters(), lr=1e-2), loss_fn, cfg,
@@ -238,7 +244,7 @@ def test_null_predictor_equals_plain_training_on_the_real_steps_only():
 def _run_constant(conf, threshold=0.85, total=60, value=1e-4, **kw):
     x, y = _regression()
     model = _mlp()
-    cfg = HybridConfig(total_steps=total, warmup_steps=10, full_steps=5, max_predict_steps=10,
+    cfg = HybridConfig(TrainConfig(steps=total), warmup_steps=10, full_steps=5, max_predict_steps=10,
                        min_predict_steps=2, correct_steps=2, confidence_threshold=threshold, **kw)
     return HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05),
                          _minibatch_loss(x, y), cfg, predictor=_ConstantPredictor(value, conf)).run()
@@ -280,7 +286,7 @@ def test_max_predict_length_and_low_confidence_after_correction():
 
     x, y = _regression()
     model = _mlp()
-    cfg = HybridConfig(total_steps=50, warmup_steps=5, full_steps=2, correct_steps=2,
+    cfg = HybridConfig(TrainConfig(steps=50), warmup_steps=5, full_steps=2, correct_steps=2,
                        divergence_tolerance=10.0)
     res = HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05),
                         _minibatch_loss(x, y), cfg, predictor=Dropping()).run()
@@ -306,21 +312,101 @@ def test_plain_mode_adds_no_memory_and_basis_memory_is_three_copies():
     x, y = _regression()
     model = _mlp()
     plain = HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05), _minibatch_loss(x, y),
-                          HybridConfig(total_steps=5)).run()
+                          HybridConfig(TrainConfig(steps=5))).run()
     assert plain.memory["total_bytes"] == 0 and plain.predicted_share == 0
 
 
+def test_hybrid_config_takes_its_shared_settings_from_train_config():
+    train = TrainConfig(steps=12, grad_clip=0.5, eval_every=4)
+    cfg = HybridConfig(train, warmup_steps=np.int64(3))
+    assert cfg.total_steps == 12 and cfg.train is train
+    assert type(cfg.warmup_steps) is int  # numpy integers are integers, stored as Python ints
+    for field in ("steps", "grad_clip", "eval_every"):  # declared once, on TrainConfig
+        assert field not in {f.name for f in dataclasses.fields(HybridConfig)}
+    # What the trainer does not implement is refused, not silently ignored.
+    for changed in (dict(grad_accum=2, batch_size=16), dict(compile=True), dict(checkpoint_path="x.pt"),
+                    dict(schedule=_Schedule(12))):
+        with pytest.raises(ValueError, match=next(iter(changed))):
+            HybridConfig(TrainConfig(steps=12, **changed))
+
+
+class _Schedule:
+    def __init__(self, total_steps):
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        return 1.0
+
+
+def test_grad_clip_and_eval_every_come_from_train_config():
+    x, y = _regression()
+    evals, norms = [], []
+
+    def eval_fn(model):
+        evals.append(1)
+        return 0.0
+
+    for grad_clip in (None, 1e-3):
+        model = _mlp()
+        before = _params(model)
+        cfg = HybridConfig(TrainConfig(steps=6, grad_clip=grad_clip, eval_every=2), warmup_steps=6)
+        res = HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.05), _minibatch_loss(x, y), cfg,
+                            eval_fn=eval_fn).run()
+        assert res.evals["step"].tolist() == [0, 2, 4, 6]
+        norms.append(float((_params(model) - before).norm()))
+    # SGD moves at most lr * clip per step when clipped
+    assert norms[1] <= 6 * 0.05 * 1e-3 + 1e-9 < norms[0]
+
+
 def test_inputs_are_validated():
-    with pytest.raises(ValueError, match="total_steps"):
-        HybridConfig(total_steps=0)
+    with pytest.raises(ValueError, match="steps"):
+        HybridConfig(TrainConfig(steps=0))
+    with pytest.raises(ValueError, match="train must be a lib.training.TrainConfig"):
+        HybridConfig(30)
     with pytest.raises(ValueError, match="predict_length"):
-        HybridConfig(total_steps=5, predict_length="sometimes")
+        HybridConfig(TrainConfig(steps=5), predict_length="sometimes")
     with pytest.raises(ValueError, match="min_predict_steps"):
-        HybridConfig(total_steps=5, min_predict_steps=5, max_predict_steps=2)
-    with pytest.raises(ValueError, match="predictor must be one of"):
-        build_predictor("oracle")
+        HybridConfig(TrainConfig(steps=5), min_predict_steps=5, max_predict_steps=2)
+    bad = [("warmup_steps", -1), ("warmup_steps", 2.0), ("full_steps", True), ("max_predict_steps", 0),
+           ("correct_steps", 1.5), ("reference_window", None), ("fit_every", 0),
+           ("confidence_threshold", 1.5), ("confidence_threshold", float("nan")), ("confidence_threshold", True),
+           ("check_loss", 1), ("divergence_tolerance", 0.0), ("divergence_tolerance", float("inf")),
+           ("basis_beta", 1.0), ("basis_beta", 0)]
+    for name, value in bad:
+        with pytest.raises(ValueError, match=name):
+            HybridConfig(TrainConfig(steps=5), **{name: value})
     with pytest.raises(ValueError, match="beta"):
         UpdateBasis([torch.zeros(2)], beta=1.0)
+    with pytest.raises(ValueError, match="residual_decay"):
+        NullPredictor(residual_decay=1.0)
+    with pytest.raises(ValueError, match="config must be a HybridConfig"):
+        model = _mlp()
+        HybridTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, s: 0, TrainConfig(steps=3))
+
+
+def test_predictors_are_a_registry_built_by_name():
+    assert sorted(PREDICTORS) == ["ema", "linear", "null", "rssm"]
+    for name in PREDICTORS:
+        predictor = build_predictor(name)
+        assert isinstance(predictor, Predictor) and predictor.name == name
+        assert type(predictor) is PREDICTORS[name]
+    assert build_predictor("plain") is None
+    assert build_predictor("null", residual_decay=0.5).residual_decay == 0.5
+    assert build_predictor("rssm", window=16, seq_len=4).window == 16
+    for name in ("oracle", "", None, ["null"]):
+        with pytest.raises(ValueError, match=r"predictor must be one of \['plain', 'null', 'linear', 'ema', 'rssm'\]"):
+            build_predictor(name)
+    with pytest.raises(TypeError):
+        build_predictor("linear", window=3)  # not a LinearPredictor setting
+
+
+def test_lr_ratio_follows_the_schedule_and_is_clipped():
+    mults = {0: 0.0, 1: 0.001, 2: 0.5, 3: 0.25, 4: 0.25}
+    schedule = mults.__getitem__
+    assert lr_ratio(schedule, 0) == 1.0            # no previous step
+    assert lr_ratio(schedule, 1) == 1.0            # previous multiplier 0: no ratio
+    assert lr_ratio(schedule, 2) == MAX_LR_RATIO   # 500x clipped
+    assert lr_ratio(schedule, 3) == 0.5 and lr_ratio(schedule, 4) == 1.0
 
 
 # ---------------------------------------------------------------- the RSSM (lib.predictive.dynamics)
@@ -380,7 +466,7 @@ def test_rssm_predictor_drives_the_trainer_and_moves_the_weights(one_thread):
     x, y = _regression(2)
     model = _mlp(2)
     seen = {}
-    cfg = HybridConfig(total_steps=40, warmup_steps=8, full_steps=10, max_predict_steps=3,
+    cfg = HybridConfig(TrainConfig(steps=40), warmup_steps=8, full_steps=10, max_predict_steps=3,
                        correct_steps=2, confidence_threshold=0.0, predict_length="max",
                        divergence_tolerance=10.0)
     pred = RSSMPredictor(window=24, seq_len=6, batch=4, min_fits=5, deter=16, stoch=4, hidden=16)

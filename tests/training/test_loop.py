@@ -165,6 +165,62 @@ def test_bad_config(kw, match):
         config(**kw)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(seed="a"), r"seed must be an integer >= 0, got 'a'"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=1.0), "seed"),                                # a float is not an integer
+    (dict(lr=True), r"lr must be a finite number > 0.0, got True"),   # a bool is not a number
+    (dict(lr=float("nan")), "lr"),
+    (dict(steps=12.0), "steps must be an integer"),
+    (dict(batch_size=True), "batch_size"),
+    (dict(grad_accum=2.0), "grad_accum"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(weight_decay=False), "weight_decay"),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+    (dict(betas=(0.9,)), "betas"),
+    (dict(grad_clip=0), "grad_clip"),
+    (dict(eval_every=1.5), "eval_every"),
+    (dict(eval_batches=0), "eval_batches"),
+    (dict(eval_batch_size=True), "eval_batch_size"),
+    (dict(checkpoint_every=-1), "checkpoint_every"),
+    (dict(log_every=0), "log_every"),
+    (dict(divergence_factor=1), "divergence_factor"),
+    (dict(divergence_factor=True), "divergence_factor"),
+    (dict(resume=1), "resume"),
+    (dict(progress="no"), "progress"),
+    (dict(checkpoint_path=3), "checkpoint_path"),
+])
+def test_config_values_are_checked_by_name(kw, match):
+    with pytest.raises(ValueError, match=match):
+        config(**kw)
+
+
+def test_config_takes_numpy_numbers_as_plain_python():
+    cfg = config(steps=np.int64(12), batch_size=np.int32(8), seed=np.int64(3), lr=np.float32(0.5),
+                 betas=[0.9, np.float64(0.99)], grad_clip=1)
+    assert (cfg.steps, cfg.batch_size, cfg.seed) == (12, 8, 3)
+    assert all(type(v) is int for v in (cfg.steps, cfg.batch_size, cfg.seed))
+    assert cfg.lr == 0.5 and type(cfg.lr) is float and cfg.betas == (0.9, 0.99) and cfg.grad_clip == 1.0
+    json.dumps({k: v for k, v in vars(cfg).items() if k != "schedule"})  # checkpoint-safe types
+
+
+def test_evaluate_and_default_optimizer_check_their_arguments():
+    from lib.training import default_optimizer, default_schedule
+
+    net = model()
+    with pytest.raises(ValueError, match="seq_len"):
+        evaluate(net, ToyData(), seq_len=16.0)
+    with pytest.raises(ValueError, match="max_batches"):
+        evaluate(net, ToyData(), seq_len=16, max_batches=0)
+    with pytest.raises(ValueError, match="lr"):
+        default_optimizer(net, lr=True)
+    with pytest.raises(ValueError, match="betas"):
+        default_optimizer(net, lr=1e-3, betas=(1.5, 0.9))
+    with pytest.raises(ValueError, match="steps"):
+        default_schedule(10.0)
+    assert default_schedule(np.int64(10)).total_steps == 10
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     spec = {"model": dict(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=16),
@@ -222,3 +278,10 @@ def test_default_optimizer_is_fused_adamw_matching_the_per_tensor_loop():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # An explicit foreach/fused choice is the caller's.
     assert not adamw([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, foreach=False).defaults["fused"]
+
+
+def test_adamw_lives_with_the_optimizers():
+    from lib import training
+    from lib.training import loop, optim
+
+    assert training.adamw is optim.adamw is loop.adamw

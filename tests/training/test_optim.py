@@ -166,3 +166,36 @@ def test_validation_errors():
         build_optimizers(model, kind="adamw", adamw_lr=1e-3)
     with pytest.raises(ValueError, match="3-D"):
         ExpertMuon([nn.Parameter(torch.zeros(2, 2, 2, 2))])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=True), r"lr must be a finite number > 0.0, got True"),  # a bool is not a learning rate
+    (dict(lr=float("inf")), "lr"),
+    (dict(lr=0), "lr"),
+    (dict(adamw_lr=False), "adamw_lr"),
+    (dict(weight_decay=True), "weight_decay"),
+    (dict(muon_weight_decay=-1e-3), "muon_weight_decay"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(momentum=True), "momentum"),
+    (dict(betas=(0.9, True)), r"betas\[1\]"),
+    (dict(betas=(0.9, 0.95, 0.99)), "betas"),
+    (dict(ns_dtype="fp32"), "ns_dtype"),
+])
+def test_hyper_parameters_are_checked_by_name(kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_optimizers(_moe_model(), **kw)
+
+
+def test_expert_muon_checks_its_arguments_and_takes_numpy_numbers():
+    import numpy as np
+
+    p = [nn.Parameter(torch.zeros(3, 4, 5))]
+    for kw, match in [(dict(lr=True), "lr"), (dict(ns_steps=5.0), "ns_steps"), (dict(nesterov=1), "nesterov"),
+                      (dict(momentum=-0.1), "momentum"), (dict(ns_dtype=torch.int32), "ns_dtype")]:
+        with pytest.raises(ValueError, match=match):
+            ExpertMuon(p, **kw)
+    opt = ExpertMuon(p, lr=np.float32(0.5), ns_steps=np.int64(3))
+    assert opt.defaults["lr"] == 0.5 and opt.defaults["ns_steps"] == 3 and type(opt.defaults["ns_steps"]) is int
+    opts, _ = build_optimizers(_moe_model(), lr=np.float64(0.01))
+    assert [type(o).__name__ for o in opts] == ["ExpertMuon", "AdamW"]
+    assert opts[1].defaults["lr"] == pytest.approx(0.001)

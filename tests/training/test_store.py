@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lib.training import RunStore, make_run_id, run_sweep, summarize
+from lib.core import summarize
+from lib.training import RunStore, make_run_id, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,15 +115,20 @@ def test_frame_values_and_name_collisions(tmp_path):
     assert store.get("nope") is None
 
 
-def test_summarize_matches_scipy_t_interval():
+def test_summarize_of_a_store_frame_matches_scipy_t_interval(tmp_path):
+    """Sweep frames are summarised by lib.core.summarize (the store keeps no statistics of its own)."""
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"lr": np.repeat([1, 2], 5), "loss": rng.normal(size=10)})
+    losses = rng.normal(size=10)
+    configs = [{"lr": lr, "seed": s} for lr in (1, 2) for s in range(5)]
+    df = run_sweep(RunStore(tmp_path / "runs.sqlite"), "t", configs,
+                   lambda c: {"loss": float(losses[(c["lr"] - 1) * 5 + c["seed"]])}, progress=False)
     out = summarize(df, "lr", "loss").set_index("lr")
     for lr in (1, 2):
         sample = df.loc[df.lr == lr, "loss"]
         lo, hi = stats.ttest_1samp(sample, 0.0).confidence_interval(0.95)
         assert out.loc[lr, "mean"] == pytest.approx(sample.mean())
         assert out.loc[lr, "ci"] == pytest.approx((hi - lo) / 2)
+        assert (out.loc[lr, "ci_low"], out.loc[lr, "ci_high"]) == pytest.approx((lo, hi))
     with pytest.raises(ValueError, match="columns"):
         summarize(df, "wd", "loss")
 
@@ -147,6 +153,33 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="status"):
         store.frame(status="ok")
     assert store.frame().empty
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda store: RunStore(store.path, timeout=True), "timeout"),
+    (lambda store: RunStore(store.path, timeout=0), "timeout"),
+    (lambda store: store.claim("s", {"a": 1}, steal=1), "steal"),
+    (lambda store: store.claim(3, {"a": 1}), "sweep"),
+    (lambda store: store.finish(store.claim("s", {"a": 2})[0], {}, seconds=True), "seconds"),
+    (lambda store: store.fail("x", "boom", seconds=-1.0), "seconds"),
+    (lambda store: store.delete(None), "sweep"),
+    (lambda store: store.histories(""), "sweep"),
+    (lambda store: run_sweep(store, "s", [{"a": 1}], lambda c: {}, progress="no"), "progress"),
+    (lambda store: run_sweep(store, "s", [{"a": 1}], lambda c: {}, progress=False, retry_failed=0),
+     "retry_failed"),
+])
+def test_arguments_are_checked_by_name(tmp_path, call, match):
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(ValueError, match=match):
+        call(store)
+
+
+def test_numpy_numbers_are_accepted(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite", timeout=np.float32(5))
+    run_id, outcome = store.claim("s", {"seed": np.int64(3)}, steal=np.bool_(False))
+    assert outcome == "claimed" and store.get(run_id)["seed"] == 3
+    store.finish(run_id, {"loss": 1.0}, seconds=np.int64(2))
+    assert store.get(run_id)["seconds"] == 2.0
 
 
 def test_killed_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
