@@ -209,6 +209,13 @@ def _measured_flops_per_second(rows, batch_size, device, max_params=2e6):
     return tps * row["flops_per_token"]
 
 
+def _plain(value):
+    """A numpy scalar as the Python one: configs must be JSON (the run store hashes it)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return int(value) if isinstance(value, np.integer) else value
+
+
 def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_frac: float = 0.05,
                   min_lr_ratio: float = 0.1, batch_size: int, seq_len: int, eval_batches: int = 16,
                   corpus: str = "") -> list[dict]:
@@ -234,11 +241,8 @@ def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_fr
         if int(row["tokens"]) != int(row["steps"]) * batch_size * seq_len:
             raise ValueError("plan was made with a different batch_size or seq_len than given")
         for seed in seeds:
-            # Plain ints for JSON (bools too: tie_embeddings=True is stored as 1, and the run
-            # store's run_id hashes this JSON, so changing it would retrain finished runs).
             configs.append({"budget": float(row["budget"]), "n_params": int(row["n_params"]),
-                            "model": {k: (int(v) if isinstance(v, (int, np.integer)) else v)
-                                      for k, v in row["shape"].items()},
+                            "model": {k: _plain(v) for k, v in row["shape"].items()},
                             "steps": int(row["steps"]), "batch_size": batch_size, "seq_len": seq_len,
                             "lr": lr, "warmup_steps": int(round(warmup_frac * row["steps"])),
                             "min_lr_ratio": min_lr_ratio, "eval_batches": eval_batches,

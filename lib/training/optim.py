@@ -2,6 +2,8 @@
 
 ``build_optimizers(model, kind="muon", lr=0.02, ...)`` returns ``(optimizers, schedulers)``
 ready for ``lib.training.train(model, data, cfg, optimizers=..., schedulers=...)``.
+``adamw(groups, **kwargs)`` is torch's AdamW, fused where torch supports it (the default
+optimizer of ``lib.training.train`` and the AdamW half of ``build_optimizers``).
 
 Parameter roles (``param_roles``), every trainable parameter exactly once:
 

@@ -124,3 +124,82 @@ def test_answer_accuracy_oracle_and_chance():
             return torch.zeros(*idx.shape, 64)
 
     assert L.answer_accuracy(Zero(), batch)["exact_match"] == 0.0
+
+
+# ---------------------------------------------------------------- argument rules
+@pytest.mark.parametrize("task", L.TASKS)
+def test_generators_take_numpy_ints(task):
+    a = L.make_task(task, 4, 96, seed=5)
+    b = L.make_task(task, np.int64(4), np.int32(96), seed=np.uint32(5), vocab_size=np.int64(64))
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+
+
+@pytest.mark.parametrize("task", L.TASKS)
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((True, 96), {}, "n"),
+    ((4.0, 96), {}, "n"),
+    ((4, 96.0), {}, "length"),
+    ((4, 96), {"seed": -1}, "seed"),
+    ((4, 96), {"seed": 1.5}, "seed"),
+    ((4, 96), {"vocab_size": 64.0}, "vocab_size"),
+    ((4, 96), {"vocab_size": 32}, "vocab_size"),
+])
+def test_generators_refuse_bools_and_floats(task, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        L.make_task(task, *args, **kwargs)
+
+
+@pytest.mark.parametrize("task,kwargs,match", [
+    ("passkey", {"n_digits": 4.0}, "n_digits"),
+    ("passkey", {"depth": True}, "depth"),
+    ("passkey", {"depth": "0.5"}, "depth"),
+    ("passkey", {"filler": "zeros"}, "filler"),
+    ("niah", {"n_needles": True}, "n_needles"),
+    ("niah", {"value_len": 2.0}, "value_len"),
+    ("niah", {"depth": -0.1}, "depth"),
+    ("mqar", {"n_pairs": 4.0}, "n_pairs"),
+    ("mqar", {"n_pairs": 30}, "n_pairs"),
+    ("mqar", {"n_queries": True}, "n_queries"),
+    ("variable_tracking", {"n_hops": 0}, "n_hops"),
+    ("variable_tracking", {"filler": None}, "filler"),
+])
+def test_task_options_are_checked(task, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        L.make_task(task, 2, 96, **kwargs)
+
+
+def test_depth_takes_numpy_numbers():
+    a = L.niah(3, 128, seed=1, depth=0.5)
+    b = L.niah(3, 128, seed=1, depth=np.float32(0.5))
+    assert torch.equal(a.inputs, b.inputs)
+
+
+def test_task_data_checks_its_arguments():
+    with pytest.raises(ValueError, match="task"):
+        L.TaskData("qa")
+    with pytest.raises(ValueError, match="vocab_size"):
+        L.TaskData("mqar", vocab_size=64.0)
+    with pytest.raises(ValueError, match="n_eval"):
+        L.TaskData("mqar", n_eval=0)
+    data = L.TaskData("passkey")
+    for kwargs, match in [({"split": "test"}, "split"), ({"step": True}, "step"), ({"seed": -1}, "seed"),
+                          ({"rank": 1}, "rank"), ({"world_size": 0}, "world_size")]:
+        with pytest.raises(ValueError, match=match):
+            data.batch(**{"split": "train", "step": 0, "batch_size": 2, "seq_len": 32, **kwargs})
+    with pytest.raises(ValueError, match="batch_size"):
+        next(data.eval_batches(32, 0))
+    x, _ = data.batch("train", np.int64(3), 2, 32, seed=np.int64(1))
+    assert torch.equal(x, data.batch("train", 3, 2, 32, seed=1)[0])
+
+
+def test_evaluations_check_lengths_depths_and_task():
+    batch = L.passkey(4, 64, seed=0)
+    model = Oracle(batch)
+    with pytest.raises(ValueError, match="lengths"):
+        L.accuracy_vs_length(model, "passkey", [64.5], n=2)
+    with pytest.raises(ValueError, match="depths"):
+        L.niah_heatmap(model, [64], [True], n=2, task="passkey")
+    with pytest.raises(ValueError, match="task"):
+        L.niah_heatmap(model, [64], [0.5], n=2, task="mqar")
+    with pytest.raises(ValueError, match="chunk"):
+        L.answer_accuracy(model, batch, chunk=0)

@@ -1,4 +1,5 @@
-"""lib.data: the synthetic language against counting, deterministic batching, text corpora."""
+"""lib.data.tokens: the synthetic language against counting, deterministic batching, and the
+argument checks."""
 
 from __future__ import annotations
 
@@ -8,14 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import (
-    ByteTokenizer,
-    SyntheticSource,
-    TokenData,
-    read_documents,
-    synthetic_corpus,
-    text_corpus,
-)
+from lib.data import SyntheticSource, TokenData, synthetic_corpus
 
 
 # ---------------------------------------------------------------- counting references
@@ -207,94 +201,6 @@ def test_tokendata_validates_and_round_trips(tmp_path):
         TokenData.load(tmp_path / "missing")
 
 
-# ---------------------------------------------------------------- real text
-DOCS = [f"Story {i}: the {a} met a {b} near the {c}. They talked about {b}s and {c}s all day."
-        for i, (a, b, c) in enumerate((a, b, c) for a in ("cat", "fox", "owl", "bee")
-                                      for b in ("frog", "crow", "mole") for c in ("river", "hill", "barn"))]
-
-
-@pytest.fixture()
-def text_file(tmp_path):
-    path = tmp_path / "stories.txt"
-    path.write_text("\n\n".join(DOCS) + "\n")
-    return path
-
-
-def _decoded_documents(tokens, tokenizer) -> list[str]:
-    ids = np.asarray(tokens)
-    cuts = np.flatnonzero(ids == tokenizer.eos_id)
-    return [tokenizer.decode(ids[a + 1:b]) for a, b in zip(np.concatenate([[-1], cuts[:-1]]), cuts)]
-
-
-@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
-def test_text_corpus_splits_by_document(text_file, tmp_path, tokenizer):
-    data = text_corpus(text_file, tokenizer=tokenizer, vocab_size=300, val_fraction=0.25,
-                       data_root=tmp_path / "root")
-    assert isinstance(data.train, np.memmap) and data.entropy_rate is None
-    train_docs = _decoded_documents(data.train, data.tokenizer)
-    val_docs = _decoded_documents(data.val, data.tokenizer)
-    assert len(val_docs) == 9 and len(train_docs) == 27
-    assert sorted(train_docs + val_docs) == sorted(DOCS)           # lossless, every doc once
-    assert not set(train_docs) & set(val_docs)
-    if tokenizer == "bpe":
-        assert data.vocab_size <= 300 and len(data.train) < 0.6 * sum(len(d) + 1 for d in train_docs)
-        saved = list((tmp_path / "root" / "tokenizers").glob("*.json"))
-        assert len(saved) == 1
-        # the same tokenizer given by path reproduces the streams
-        again = text_corpus(text_file, tokenizer=saved[0], val_fraction=0.25, data_root=tmp_path / "r2")
-        assert np.array_equal(again.train, data.train)
-    else:
-        assert data.vocab_size == 256
-
-
-def test_text_corpus_cache_and_seed(text_file, tmp_path):
-    a = text_corpus(text_file, data_root=tmp_path)
-    cached = next((tmp_path / "cache" / "text").glob("*/train.npy"))
-    mtime = cached.stat().st_mtime_ns
-    b = text_corpus(text_file, data_root=tmp_path)
-    assert cached.stat().st_mtime_ns == mtime and np.array_equal(a.train, b.train)
-    c = text_corpus(text_file, data_root=tmp_path, seed=1)
-    assert sorted(_decoded_documents(c.val, ByteTokenizer())) != sorted(_decoded_documents(a.val, ByteTokenizer()))
-
-
-def test_huggingface_loader_on_a_local_file(tmp_path):
-    path = tmp_path / "lines.txt"
-    path.write_text("\n".join(DOCS) + "\n")
-    hf = text_corpus("text", data_root=tmp_path, dataset_kwargs={"data_files": str(path),
-                                                               "cache_dir": str(tmp_path / "hf")})
-    local = text_corpus(path, doc_separator="\n", data_root=tmp_path / "other")
-    assert np.array_equal(hf.train, local.train) and np.array_equal(hf.val, local.val)
-    assert read_documents("text", dataset_kwargs={"data_files": str(path), "cache_dir": str(tmp_path / "hf")},
-                          max_documents=5) == DOCS[:5]
-
-
-def test_text_corpus_rejects_bad_input(text_file, tmp_path):
-    with pytest.raises(ValueError, match="no such file"):
-        text_corpus(tmp_path / "nope.txt", data_root=tmp_path)
-    with pytest.raises(ValueError, match="document"):
-        text_corpus(text_file, doc_separator=None, data_root=tmp_path)
-    with pytest.raises(ValueError, match="tokenizer"):
-        text_corpus(text_file, tokenizer="wordpiece", data_root=tmp_path)
-    with pytest.raises(ValueError, match="val_fraction"):
-        text_corpus(text_file, val_fraction=1.0, data_root=tmp_path)
-    with pytest.raises(ValueError, match="vocab_size"):
-        text_corpus(text_file, tokenizer="bpe", vocab_size=100, data_root=tmp_path)
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="tokenizer"):
-        text_corpus(text_file, tokenizer=bad, data_root=tmp_path)
-    with pytest.raises(ValueError, match="rows must be dicts"):
-        read_documents(iter(["a story", "another"]))
-    with pytest.raises(ValueError, match="not a column"):
-        read_documents([{"body": "a story"}])
-    assert read_documents([{"text": "a"}, {"text": " "}, {"text": "b"}]) == ["a", "b"]
-    with pytest.raises(ValueError, match="do not exist"):
-        text_corpus([text_file, tmp_path / "gone.txt"], data_root=tmp_path)
-    small = text_corpus(text_file, data_root=tmp_path)
-    with pytest.raises(ValueError, match="too few"):
-        small.batch("val", 0, 2, seq_len=len(small.val))
-
-
 def test_window_loss_is_the_bayes_predictor():
     data = synthetic_corpus(1000, 200_000, seed=2)
     src = data.source
@@ -345,3 +251,66 @@ def test_large_vocab_successors_follow_sampling_without_replacement():
     assert ((counts - expected) ** 2 / expected).sum() < 84.0
     big = synthetic_corpus(20_000, 2_000, vocab_size=4096)
     assert big.train.max() < 4096 and big.entropy_rate < big.meta["bigram_entropy"]
+
+
+# ---------------------------------------------------------------- argument rules
+@pytest.mark.parametrize("call,match", [
+    (lambda d: d.batch("train", True, 4, seq_len=8), "step"),
+    (lambda d: d.batch("train", 0, 4.0, seq_len=8), "batch_size"),
+    (lambda d: d.batch("train", 0, 4, seq_len=8.0), "seq_len"),
+    (lambda d: d.batch("train", 0, 4, seq_len=8, seed=1.5), "seed"),
+    (lambda d: d.batch("train", 0, 4, seq_len=8, world_size=True), "world_size"),
+    (lambda d: d.n_eval_windows(np.float64(8)), "seq_len"),
+    (lambda d: next(d.eval_batches(seq_len=8, batch_size=False)), "batch_size"),
+])
+def test_batching_refuses_bools_and_floats(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(_arange_data())
+
+
+def test_batching_takes_numpy_ints():
+    data = _arange_data()
+    x, y = data.batch("train", np.int64(7), np.int32(16), np.uint16(32), seed=np.int64(3),
+                      rank=np.int8(0), world_size=np.int64(1))
+    x2, y2 = data.batch("train", 7, 16, 32, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert data.n_eval_windows(np.int64(20)) == data.n_eval_windows(20)
+    assert TokenData(np.arange(10), np.arange(5), vocab_size=np.int64(10)).vocab_size == 10
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"n_train_tokens": 1e4}, "n_train_tokens"),
+    ({"n_val_tokens": True}, "n_val_tokens"),
+    ({"vocab_size": 256.0}, "vocab_size"),
+    ({"n_topics": True}, "n_topics"),
+    ({"branching": 8.0}, "branching"),
+    ({"seed": True}, "seed"),
+    ({"seed": 0.0}, "seed"),
+    ({"mean_doc_len": True}, "mean_doc_len"),
+    ({"mean_doc_len": float("inf")}, "mean_doc_len"),
+    ({"zipf_exponent": True}, "zipf_exponent"),
+    ({"branch_exponent": -0.5}, "branch_exponent"),
+    ({"branch_exponent": "1"}, "branch_exponent"),
+])
+def test_synthetic_refuses_bools_and_floats_for_counts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic_corpus(**{"n_train_tokens": 1000, "n_val_tokens": 100, **kwargs})
+
+
+def test_synthetic_takes_numpy_numbers_and_gives_the_same_corpus():
+    a = synthetic_corpus(5_000, 500, vocab_size=64, seed=2, mean_doc_len=20)
+    b = synthetic_corpus(np.int64(5_000), np.int32(500), vocab_size=np.int64(64), seed=np.uint8(2),
+                         n_topics=np.int16(4), branching=np.int64(8), mean_doc_len=np.float32(20),
+                         zipf_exponent=np.float64(1.0))
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val)
+    assert a.entropy_rate == b.entropy_rate and a.meta == b.meta and a.name == b.name == "synthetic-s2"
+    assert all(type(b.meta[k]) is float for k in ("mean_doc_len", "zipf_exponent", "branch_exponent"))
+    assert all(type(b.meta[k]) is int for k in ("vocab_size", "n_topics", "branching", "seed"))
+    src = b.source
+    with pytest.raises(ValueError, match="n_tokens"):
+        src.sample(100.0)
+    with pytest.raises(ValueError, match="stream"):
+        src.sample(100, stream=True)
+    with pytest.raises(ValueError, match="seq_len"):
+        src.window_loss(b.val, 8.0)
+    assert np.array_equal(src.sample(np.int64(100), stream=np.int64(5)), src.sample(100, stream=5))

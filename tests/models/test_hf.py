@@ -11,7 +11,7 @@ from lib.models import ModelConfig, hf_config, load_hf_model, tiny_llama, to_hf
 
 def reference_tiny_llama(arch, *, vocab_size=128, hidden_size=64, n_layers=2, n_heads=4, n_kv_heads=None,
                          max_position_embeddings=256, rope_theta=10000.0, seed=0, attn_implementation="eager"):
-    """The recipe tiny_llama replaced: the transformers config built directly, then the model."""
+    """The transformers user's recipe: the Llama / Qwen2 config built directly, the seed set, the model built."""
     config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
     config = config_cls(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                         num_hidden_layers=n_layers, num_attention_heads=n_heads,

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from lib.models import ModelConfig, Transformer
 from lib.scaling import (
     chinchilla_flops_per_token,
     count_params,
@@ -120,6 +121,9 @@ def test_sweep_configs_follow_the_feasible_rows(plan):
         assert c["steps"] * c["batch_size"] * c["seq_len"] in set(feasible["tokens"])
         assert c["warmup_steps"] == round(0.05 * c["steps"])
     json.dumps(configs)  # JSON-able: the run store keys runs by this JSON
+    assert configs[0]["model"]["tie_embeddings"] is True
+    model = Transformer(ModelConfig(**configs[0]["model"]))
+    assert model.num_params() == configs[0]["n_params"]
     with pytest.raises(ValueError, match="batch_size"):
         sweep_configs(plan, batch_size=16, seq_len=64)
 
