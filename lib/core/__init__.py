@@ -5,49 +5,49 @@ paired tests) and registry (named variants).
 
 from __future__ import annotations
 
-from lib.core.runtime import (
-    PROFILES,
-    DEVICE_ENV,
-    ROOT_ENV,
-    repo_root,
-    data_dir,
-    figures_dir,
-    pick_device,
-    seed_everything,
-    keyed_rng,
-    autocast,
-    profile_settings,
-    describe_environment,
+from lib.core.checks import (
+    check_bool,
+    check_choice,
+    check_confidence,
+    check_fraction,
+    check_int,
+    check_int_array,
+    check_number,
+    check_positive,
+    check_positive_array,
+    check_same_length,
+    check_seed,
 )
 from lib.core.plotting import (
     FORMATS,
-    use_style,
     save_figure,
     save_plotly,
     setup_plotly_for_notebooks,
-)
-from lib.core.checks import (
-    check_int,
-    check_number,
-    check_positive,
-    check_fraction,
-    check_choice,
-    check_seed,
-    check_bool,
-    check_positive_array,
-    check_int_array,
-    check_same_length,
-    check_confidence,
-)
-from lib.core.stats import (
-    t_critical,
-    t_interval,
-    summarize,
-    paired_difference,
-    verdict,
+    use_style,
 )
 from lib.core.registry import (
     Registry,
+)
+from lib.core.runtime import (
+    DEVICE_ENV,
+    PROFILES,
+    ROOT_ENV,
+    autocast,
+    data_dir,
+    describe_environment,
+    figures_dir,
+    keyed_rng,
+    pick_device,
+    profile_settings,
+    repo_root,
+    seed_everything,
+)
+from lib.core.stats import (
+    paired_difference,
+    summarize,
+    t_critical,
+    t_interval,
+    verdict,
 )
 
 __all__ = [

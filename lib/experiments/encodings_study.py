@@ -18,6 +18,19 @@ from lib.encodings import build_encoding, kv_cache_nbytes
 from lib.models import ModelConfig, Transformer, output_cache, tiny_llama
 from lib.training import TrainConfig, train
 
+# Notebook 02's profiles. quick: CPU, minutes (3 seeds, models of width 48, passkeys of 2 digits).
+# full: the real experiment, meant for a GPU (5 seeds, width 128, 5-digit passkeys, 8x lengths).
+QUICK = dict(
+    collision_max=100_000, train_len=32, steps=250, seeds=(0, 1, 2), eval_lens=(32, 64, 128, 256),
+    n_eval=48, depths=(0.0, 0.5, 1.0), d_model=48, n_layers=2, lr=6e-3, batch_size=32,
+    task_kwargs={"n_digits": 2}, cost_lens=(128, 512, 1024), extra_variants=False,
+)
+FULL = dict(
+    train_len=64, steps=1500, seeds=(0, 1, 2, 3, 4), eval_lens=(64, 128, 256, 512), n_eval=256,
+    depths=(0.0, 0.25, 0.5, 0.75, 1.0), d_model=128, lr=3e-3, task_kwargs={"n_digits": 5},
+    cost_lens=(256, 1024, 4096), extra_variants=True,
+)
+
 
 def train_on_task(encoding: str, task: str, train_len: int, steps: int, seed: int = 0, *,
                   encoding_kwargs: dict | None = None, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,

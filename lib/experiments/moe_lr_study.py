@@ -58,7 +58,7 @@ from lib.schedules import WarmupCosine
 from lib.training import RunStore, TrainConfig, build_optimizers, make_run_id, run_sweep, train
 
 __all__ = [
-    "DEFAULTS", "OPTIMIZERS", "MLPS", "ROUTING_KEYS", "INT_KEYS",
+    "QUICK", "FULL", "DEFAULTS", "OPTIMIZERS", "MLPS", "ROUTING_KEYS", "INT_KEYS",
     "study_config", "grid", "lr_grid", "aa_configs", "dense_equivalent",
     "build_model", "run_config", "run_study", "main",
     "summarize", "paired_difference", "verdict", "noise_floor", "best", "edge_lrs",
@@ -409,3 +409,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# Notebook 04's profiles. quick: CPU, minutes (a 2-layer 4-expert MoE, 60 steps, 3 paired seeds).
+# full: the real study, meant for a GPU (6 layers, 8 experts, 2,000 steps, 5 paired seeds).
+QUICK = {"base": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 64, "n_experts": 4, "top_k": 2,
+                  "steps": 60, "batch_size": 8, "seq_len": 64, "vocab_size": 128},
+         "seeds": [0, 1, 2], "muon_lrs": lr_grid(0.16, 3), "adamw_lrs": lr_grid(0.016, 3),
+         "warmups": [0.0, 0.05, 0.1], "floors": [0.0, 0.05, 0.1], "ablate": ["muon"], "ablate_lr_factors": [1],
+         "max_extensions": 2}
+FULL = {"base": {"d_model": 384, "n_layers": 6, "n_heads": 8, "d_ff": 768, "n_experts": 8, "top_k": 2,
+                 "steps": 2000, "batch_size": 32, "seq_len": 256, "vocab_size": 256,
+                 "n_train_tokens": 20_000_000, "n_val_tokens": 500_000, "eval_batches": 32},
+        "seeds": [0, 1, 2, 3, 4], "muon_lrs": lr_grid(0.02, 5), "adamw_lrs": lr_grid(4e-3, 5),
+        "warmups": [0.0, 0.02, 0.05, 0.1], "floors": [0.0, 0.05, 0.1], "ablate": ["muon", "adamw"],
+        "ablate_lr_factors": [1, 2], "max_extensions": 3}

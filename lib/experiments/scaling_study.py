@@ -17,6 +17,16 @@ from lib.scaling import IsoFLOPFit, sweep_configs
 from lib.schedules import WarmupCosine
 from lib.training import RunStore, TrainConfig, run_sweep, train
 
+# Notebook 03's profiles. quick: CPU, minutes (budgets of 1e10 FLOPs on the embedded corpus, one
+# sweep seed and three repeat seeds at each budget's centre). full: the real sweep, meant for a GPU.
+QUICK = dict(budgets=[1.5e10, 3e10, 6e10], n_sizes=5, span=8.0, tokens_per_param=100.0,
+             vocab_size=64, seq_len=32, batch_size=64, head_dim=8, aspect_ratio=8.0, lr=1e-2,
+             n_train_tokens=4_000_000, sweep_seeds=(0,), repeat_seeds=(0, 1, 2),
+             n_bootstrap=100, threads=1)
+FULL = dict(budgets=[1e15, 3e15, 1e16, 3e16], n_sizes=7, span=16.0, tokens_per_param=20.0,
+            vocab_size=256, seq_len=256, batch_size=64, head_dim=64, aspect_ratio=32.0, lr=3e-3,
+            n_train_tokens=400_000_000, sweep_seeds=(0, 1, 2), threads=None)
+
 
 def train_isoflop_run(config: dict, data, device=None, progress: bool = False) -> dict:
     """Train one ``sweep_configs`` entry on ``data`` (a lib.data.TokenData) and return its
