@@ -134,3 +134,35 @@ def test_no_import_hides_inside_a_function_to_dodge_a_cycle():
                 if any(m and (m == "lib" or m.startswith("lib.")) for m in mods):
                     nested.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not nested, "lib imports inside functions:\n" + "\n".join(nested)
+
+
+def test_imports_across_packages_go_through_the_package_api():
+    """``from lib.models import X``, not ``from lib.models.transformer import X``: a package's
+    modules can be split or renamed without touching its users."""
+    wrong = []
+    for path in sorted(LIB.rglob("*.py")):
+        own = path.relative_to(LIB).parts[0]
+        for module, _, line in lib_imports(path):
+            if module.count(".") >= 2 and package_of(module) != own:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_student_t_quantiles_live_in_core_stats_only():
+    """One stats module: an interval computed elsewhere drifts from it (names, n < 2, levels)."""
+    stats_module = LIB / "core" / "stats.py"
+    elsewhere = [str(p.relative_to(ROOT)) for p in sorted(LIB.rglob("*.py"))
+                 if p != stats_module and ("t.ppf(" in p.read_text() or "t.interval(" in p.read_text())]
+    assert not elsewhere, f"Student-t quantiles outside lib/core/stats.py: {elsewhere}"
+
+
+def test_variant_tables_are_registries():
+    """One registry helper: each table of named variants is a lib.core.Registry."""
+    from lib.core import Registry
+    from lib.encodings import ENCODINGS
+    from lib.models import MLPS
+    from lib.predictive import PREDICTORS
+    from lib.schedules import SCHEDULES
+
+    for table in (SCHEDULES, ENCODINGS, MLPS, PREDICTORS):
+        assert isinstance(table, Registry) and len(table) >= 2
