@@ -28,6 +28,12 @@ from lib.core.plotting import (
 from lib.core.registry import (
     Registry,
 )
+from lib.core.report import (
+    BATCH_ENV,
+    fmt_interval,
+    in_batch,
+    show_markdown,
+)
 from lib.core.runtime import (
     DEVICE_ENV,
     PROFILES,
@@ -63,6 +69,10 @@ __all__ = [
     "autocast",
     "profile_settings",
     "describe_environment",
+    "BATCH_ENV",
+    "in_batch",
+    "show_markdown",
+    "fmt_interval",
     "FORMATS",
     "use_style",
     "save_figure",

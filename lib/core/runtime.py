@@ -110,21 +110,33 @@ def autocast(device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def profile_settings(profile: str, quick: Mapping[str, Any], full: Mapping[str, Any]) -> SimpleNamespace:
+def profile_settings(profile: str, quick: Mapping[str, Any], full: Mapping[str, Any], *,
+                     smoke: bool = False, smoke_steps: Mapping[str, Any] | None = None) -> SimpleNamespace:
     """Resolve a notebook's sizes for ``profile`` ("quick" for a CPU, "full" for a GPU).
 
-    ``full`` may list only what differs from ``quick``. Returns a namespace with every key
-    plus ``profile``.
+    ``full`` may list only what differs from ``quick``. ``smoke=True`` (full profile only)
+    keeps the full profile's shapes, grids, seeds and code paths and applies ``smoke_steps``,
+    the few keys (step counts, corner-of-grid subsets) that make it finish in about a minute on
+    a CPU. Returns a namespace with every key plus ``profile`` and ``smoke``.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if not isinstance(smoke, bool):
+        raise ValueError(f"smoke must be True or False, got {smoke!r}")
+    if smoke and profile != "full":
+        raise ValueError(f"smoke=True runs the full profile cut short; use profile='full', got {profile!r}")
     unknown = set(full) - set(quick)
     if unknown:
         raise ValueError(f"full profile sets keys the quick profile lacks: {sorted(unknown)}")
+    unknown = set(smoke_steps or {}) - set(quick)
+    if unknown:
+        raise ValueError(f"smoke_steps sets keys the quick profile lacks: {sorted(unknown)}")
     values = dict(quick)
     if profile == "full":
         values.update(full)
-    return SimpleNamespace(profile=profile, **values)
+    if smoke:
+        values.update(smoke_steps or {})
+    return SimpleNamespace(profile=profile, smoke=smoke, **values)
 
 
 def describe_environment() -> dict[str, str]:

@@ -1,10 +1,18 @@
-"""The training loop, optimizers (fused AdamW, Muon parameter groups) and the SQLite results
-store with its resumable sweep runner.
+"""The training loop, its checksummed checkpoints, optimizers (fused AdamW, Muon parameter
+groups) and the SQLite results store with its resumable sweep runner.
 """
 
 from __future__ import annotations
 
+from lib.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lib.training.loop import (
+    RESUME_COMPARED,
     TrainConfig,
     TrainingDiverged,
     TrainResult,
@@ -45,6 +53,12 @@ __all__ = [
     "evaluate",
     "train",
     "main",
+    "RESUME_COMPARED",
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "config_differences",
     "KINDS",
     "adamw",
     "ADJUST_LR_FNS",

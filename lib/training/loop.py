@@ -11,6 +11,22 @@ What it does for you: gradient clipping, bf16 autocast on CUDA, held-out evaluat
 a clear message, atomic checkpoints and exact resume, DDP when ``torch.distributed`` is
 initialised (``torchrun ... -m lib.training``), and callbacks (``on_step_start``,
 ``on_step_end``, ``on_eval``) for extensions such as the predictive trainer.
+
+Checkpoints (``checkpoint_path`` + ``checkpoint_every``; file format in
+``lib.training.checkpoint``) hold the weights, optimizer and scheduler states, the step, the
+last loss, the divergence detector's state, the torch RNG states (CPU, and CUDA when in use)
+and a description of the run: the ``RESUME_COMPARED`` fields of ``TrainConfig`` (the schedule
+by its ``config()``), the model's class and ``config`` dataclass, and each optimizer's class
+and param-group hyper-parameters (all but the live ``lr`` and execution flags such as
+``fused``/``foreach``). A resumed run is bit-identical to an uninterrupted one and reports the
+same ``final`` metrics (timings aside); a finished checkpoint returns its run's ``final``
+without training. Resuming with a different description raises a ``ValueError`` listing each
+differing field (saved -> current) unless ``resume_changed_config=True``, which keeps the
+weights, optimizer moments, step and history and continues with the current settings
+(current param-group hyper-parameters and schedule peaks). Not compared, as they do not
+change the trajectory or the final metrics: ``eval_every``, ``log_every``, ``device``,
+``compile``, ``on_divergence``, ``progress``, ``desc`` and the checkpoint/resume settings.
+A diverged state is never saved: with ``on_divergence="stop"`` the last good checkpoint stays.
 """
 
 from __future__ import annotations
@@ -21,8 +37,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +59,12 @@ from lib.core import (
 from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer
 from lib.schedules import WarmupCosine, attach
+from lib.training.checkpoint import (
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lib.training.optim import adamw, check_betas
 
 
@@ -59,6 +81,10 @@ class TrainConfig:
     splits it into that many micro-batches. ``schedule`` is a ``lib.schedules`` object whose
     ``total_steps`` should equal ``steps``; ``None`` gives warm-up 5% + cosine to a 10% floor.
     ``lr`` is the peak LR of the default AdamW (ignored when optimizers are passed in).
+
+    ``resume=True`` continues from ``checkpoint_path`` when it exists; a checkpoint made with
+    other settings (see the module docstring) is a ``ValueError`` unless
+    ``resume_changed_config=True``. ``steps`` below the checkpoint's step is always an error.
     """
 
     steps: int
@@ -80,6 +106,7 @@ class TrainConfig:
     checkpoint_path: str | None = None
     checkpoint_every: int = 0
     resume: bool = True
+    resume_changed_config: bool = False
     log_every: int = 1
     progress: bool = True
     desc: str = "train"
@@ -104,7 +131,7 @@ class TrainConfig:
         self.seed = check_seed("seed", self.seed)
         self.divergence_factor = check_number("divergence_factor", self.divergence_factor, 1.0, strict_min=True)
         check_choice("on_divergence", self.on_divergence, ("raise", "stop"))
-        for name in ("resume", "progress", "compile"):
+        for name in ("resume", "resume_changed_config", "progress", "compile"):
             setattr(self, name, check_bool(name, getattr(self, name)))
         if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, os.PathLike)):
             raise ValueError(f"checkpoint_path must be None or a path, got {self.checkpoint_path!r}")
@@ -212,36 +239,123 @@ def _callback(callbacks: Sequence[Any], name: str, *args) -> None:
             fn(*args)
 
 
-def _save_checkpoint(path: Path, state: TrainState) -> None:
-    """Atomic: write to a temporary file in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+# TrainConfig fields a checkpoint must agree on to be resumed (they change the trajectory or the
+# final metrics); the others (eval_every, log_every, device, compile, on_divergence, progress,
+# desc, checkpoint_*, resume*) are not compared.
+RESUME_COMPARED = ("steps", "batch_size", "seq_len", "grad_accum", "lr", "weight_decay", "betas",
+                   "schedule", "grad_clip", "seed", "eval_batches", "eval_batch_size", "divergence_factor")
+# Param-group entries that are not hyper-parameters of the run: the live LR and execution flags.
+_GROUP_KEYS_IGNORED = frozenset({"params", "lr", "foreach", "fused", "capturable", "differentiable"})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (numbers, strings, lists, dicts) that ``weights_only`` loads and
+    ``==`` compares: tuples become lists, tensors numbers, objects their ``config()`` or repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if callable(getattr(value, "config", None)):
+        return _plain(value.config())
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if callable(getattr(value, "item", None)):  # numpy scalars
+        return _plain(value.item())
+    return repr(value)
+
+
+def _describe_run(config: TrainConfig, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> dict:
+    """The flat description a checkpoint stores and a resume compares (module docstring)."""
+    desc = {f"train.{name}": _plain(getattr(config, name)) for name in RESUME_COMPARED}
+    desc["train.schedule"] = _plain(config.schedule if config.schedule is not None
+                                    else default_schedule(config.steps))
+    net = _unwrap(model)
+    desc["model.class"] = type(net).__name__
+    model_config = getattr(net, "config", None)
+    if is_dataclass(model_config) and not isinstance(model_config, type):
+        desc.update({f"model.{k}": _plain(v) for k, v in asdict(model_config).items()})
+    for i, opt in enumerate(optimizers):
+        desc[f"optimizer[{i}].class"] = type(opt).__name__
+        for j, group in enumerate(opt.param_groups):
+            desc[f"optimizer[{i}].group[{j}].n_params"] = sum(p.numel() for p in group["params"])
+            desc.update({f"optimizer[{i}].group[{j}].{k}": _plain(v) for k, v in group.items()
+                         if k not in _GROUP_KEYS_IGNORED})
+    return desc
+
+
+def _save_state(path: Path, state: TrainState, description: dict, detector: dict, final: dict | None) -> None:
+    """Checkpoint ``state`` (``final``: the finished run's metrics, None while unfinished)."""
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    save_checkpoint(path, {
         "step": state.step,
         "tokens": state.tokens,
+        "loss": state.loss,
+        "detector": dict(detector),
         "model": _unwrap(state.model).state_dict(),
         "optimizers": [opt.state_dict() for opt in state.optimizers],
         "schedulers": [s.state_dict() for s in state.schedulers],
         "history": state.history,
-        "torch_rng": torch.get_rng_state(),
-        "config": {k: v for k, v in asdict(state.config).items() if k != "schedule"},
-    }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+        "rng": {"torch": torch.get_rng_state(), "cuda": list(cuda_rng)},
+        "config": description,
+        "final": final,
+    })
 
 
-def _load_checkpoint(path: Path, state: TrainState) -> None:
-    payload = torch.load(path, map_location=state.device, weights_only=False)
-    _unwrap(state.model).load_state_dict(payload["model"])
-    if len(payload["optimizers"]) != len(state.optimizers):
-        raise ValueError(f"checkpoint {path} holds {len(payload['optimizers'])} optimizers, "
-                         f"this run has {len(state.optimizers)}")
-    for opt, sd in zip(state.optimizers, payload["optimizers"], strict=True):
-        opt.load_state_dict(sd)
-    for sched, sd in zip(state.schedulers, payload["schedulers"], strict=True):
-        sched.load_state_dict(sd)
-    state.step, state.tokens, state.history = payload["step"], payload["tokens"], payload["history"]
-    torch.set_rng_state(payload["torch_rng"])
+_PAYLOAD_KEYS = ("step", "tokens", "loss", "detector", "model", "optimizers", "schedulers", "history",
+                 "rng", "config", "final")
+
+
+def _restore_state(path: Path, state: TrainState, description: dict) -> tuple[dict, dict | None]:
+    """Load ``path`` into ``state``; returns the divergence detector's state and the saved
+    ``final`` metrics (None unless the checkpoint is a finished run with the same settings)."""
+    config = state.config
+    payload = load_checkpoint(path, map_location=state.device)
+    missing = [k for k in _PAYLOAD_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: not written by lib.training.train")
+    changes = config_differences(payload["config"], description)
+    if changes and not config.resume_changed_config:
+        raise CheckpointError(
+            f"checkpoint {path} was made with other settings (saved -> current): {'; '.join(changes)}. "
+            "Use another checkpoint_path, resume=False to start over, or resume_changed_config=True to "
+            "continue its weights and optimizer state under the current settings")
+    if payload["step"] > config.steps:
+        raise CheckpointError(f"checkpoint {path} is at step {payload['step']}, beyond steps={config.steps}")
+    try:
+        _unwrap(state.model).load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from e
+    if len(payload["optimizers"]) != len(state.optimizers) or len(payload["schedulers"]) != len(state.schedulers):
+        raise CheckpointError(f"checkpoint {path} holds {len(payload['optimizers'])} optimizers and "
+                              f"{len(payload['schedulers'])} schedulers, this run has {len(state.optimizers)} "
+                              f"and {len(state.schedulers)}")
+    current = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in state.optimizers]
+    try:
+        for opt, sd in zip(state.optimizers, payload["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+        if changes:  # resume_changed_config: the current hyper-parameters and peaks win
+            for opt, groups in zip(state.optimizers, current, strict=True):
+                for group, now in zip(opt.param_groups, groups, strict=True):
+                    group.update({k: v for k, v in now.items() if k not in ("lr", "initial_lr")})
+        for sched, sd in zip(state.schedulers, payload["schedulers"], strict=True):
+            if changes:
+                now = sched.state_dict()
+                sd = {**sd, **{k: now[k] for k in ("base_lrs", "schedule") if k in now}}
+            sched.load_state_dict(sd)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path}: optimizer/scheduler state does not fit this run: {e}") from e
+    state.step, state.tokens, state.loss = payload["step"], payload["tokens"], payload["loss"]
+    state.history = list(payload["history"])
+    torch.set_rng_state(payload["rng"]["torch"].cpu())
+    if torch.cuda.is_available():
+        for i, rng in enumerate(payload["rng"]["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng.cpu(), i)
+    final = payload["final"] if payload["final"] is not None and not changes else None
+    return dict(payload["detector"]), final
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -280,12 +394,18 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
     state = TrainState(config=config, model=net, data=data, optimizers=optimizers,
                        schedulers=schedulers, device=device)
     ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
+    save = ckpt is not None and rank == 0 and config.checkpoint_every > 0
+    description = _describe_run(config, model, optimizers) if ckpt is not None else {}
+    detector = {"best": float("inf"), "first": None}  # the divergence test's memory, checkpointed
     if ckpt is not None and config.resume and ckpt.exists():
-        _load_checkpoint(ckpt, state)
+        detector, finished = _restore_state(ckpt, state, description)
+        if finished is not None:  # a finished run with the same settings: report it, train nothing
+            return TrainResult(history=pd.DataFrame(state.history), final=dict(finished), model=model,
+                               elapsed_s=finished["elapsed_s"])
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = config.batch_size * config.seq_len * world
     eval_bs = config.eval_batch_size or config.micro_batch_size
-    best, first = float("inf"), None
+    best, first = detector["best"], detector["first"]
     diverged = None
     elapsed_before = state.history[-1]["elapsed_s"] if state.history else 0.0
     start = time.perf_counter()
@@ -349,8 +469,8 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
         if diverged:
             break
-        if ckpt is not None and rank == 0 and config.checkpoint_every and state.step % config.checkpoint_every == 0:
-            _save_checkpoint(ckpt, state)
+        if save and state.step % config.checkpoint_every == 0:
+            _save_state(ckpt, state, description, {"best": best, "first": first}, None)
     bar.close()
     elapsed = elapsed_before + time.perf_counter() - start
     if diverged and config.on_divergence == "raise":
@@ -361,8 +481,9 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
     if not diverged:
         final.update({f"val_{k}": v for k, v in
                       evaluate(model, data, config.seq_len, eval_bs, config.eval_batches, device).items()})
-    if ckpt is not None and rank == 0 and config.checkpoint_every:
-        _save_checkpoint(ckpt, state)
+    if save and not diverged:  # a diverged state is never resumable: the last good checkpoint stays
+        _save_state(ckpt, state, description, {"best": best, "first": first},
+                    final if state.step == config.steps else None)
     return TrainResult(history=pd.DataFrame(state.history), final=final, model=model, elapsed_s=elapsed)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from lib.models import ModelConfig, Transformer
 from lib.schedules import WarmupCosine
-from lib.training import TrainConfig, TrainingDiverged, evaluate, train
+from lib.training import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, train
 
 
 class ToyData:
@@ -96,7 +96,7 @@ def test_resume_after_a_crash_gives_identical_weights(tmp_path):
     ckpt = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
         train(model(), data, config(checkpoint_path=str(ckpt), checkpoint_every=4), callbacks=[CrashAt(7)])
-    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    assert load_checkpoint(ckpt)["step"] == 4
     # a fresh process would rebuild the model from another init: resume must overwrite it
     resumed = train(model(seed=123), data, config(checkpoint_path=str(ckpt), checkpoint_every=4))
     for a, b in zip(reference.model.parameters(), resumed.model.parameters(), strict=True):
