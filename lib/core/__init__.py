@@ -49,11 +49,15 @@ from lib.core.runtime import (
     seed_everything,
 )
 from lib.core.stats import (
+    holm,
+    median_censored,
+    min_detectable_effect,
     paired_difference,
     summarize,
     t_critical,
     t_interval,
     verdict,
+    wilson_interval,
 )
 
 __all__ = [
@@ -94,5 +98,9 @@ __all__ = [
     "summarize",
     "paired_difference",
     "verdict",
+    "wilson_interval",
+    "holm",
+    "min_detectable_effect",
+    "median_censored",
     "Registry",
 ]

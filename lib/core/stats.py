@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _scipy_stats
 
-from lib.core.checks import check_confidence
+from lib.core.checks import check_confidence, check_int, check_number
 
-__all__ = ["t_critical", "t_interval", "summarize", "paired_difference", "verdict"]
+__all__ = [
+    "t_critical", "t_interval", "summarize", "paired_difference", "verdict", "wilson_interval",
+    "holm", "min_detectable_effect", "median_censored",
+]
 
 
 def t_critical(n: int, confidence: float = 0.95) -> float:
@@ -82,3 +85,74 @@ def verdict(difference: dict[str, float]) -> str:
     if difference["ci_low"] > 0:
         return "a worse"
     return "no detectable difference"
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy ``successes / trials`` with its Wilson score interval (always inside [0, 1]).
+
+    Returns ``(p_hat, low, high)``; ``trials == 0`` gives NaNs. Computed by SciPy's
+    ``binomtest(...).proportion_ci(method="wilson")``.
+    """
+    check_confidence(confidence)
+    trials = check_int("trials", trials, minimum=0)
+    successes = check_int("successes", successes, minimum=0, maximum=max(trials, 0))
+    if trials == 0:
+        return math.nan, math.nan, math.nan
+    ci = _scipy_stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return successes / trials, float(ci.low), float(ci.high)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values for one family of comparisons (same order as given).
+
+    Reject comparison i at level alpha when ``holm(p)[i] <= alpha``; this controls the
+    family-wise error rate. NaN p-values stay NaN and do not count towards the family size.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be one-dimensional, got shape {p.shape}")
+    finite = np.isfinite(p)
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise ValueError("pvalues must lie in [0, 1]")
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(finite)
+    m = idx.size
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def min_detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test over ``n`` pairs detects with
+    probability ``power``, given the spread ``sd`` of paired differences (e.g. from A/A runs):
+    ``(t_{1-a/2, n-1} + t_{power, n-1}) * sd / sqrt(n)``. NaN for n < 2."""
+    check_confidence(confidence)
+    power = check_number("power", power, 0.0, 1.0, strict_min=True, strict_max=True)
+    n = check_int("n", n, minimum=1)
+    sd = float(sd)
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    if sd < 0:
+        raise ValueError(f"sd must be >= 0, got {sd}")
+    return (t_critical(n, confidence) + float(_scipy_stats.t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+def median_censored(values: Sequence[float], reached: Sequence[bool]) -> float:
+    """Median over every seed of a time-to-target where some seeds never reached the target.
+
+    A seed with ``reached=False`` counts as later than every seed that did (right-censored at
+    +inf), so the median is finite only when more than half the seeds reached the target; it
+    returns ``inf`` otherwise, which a report should print as "not reached".
+    """
+    v = np.asarray(values, dtype=float)
+    r = np.asarray(reached, dtype=bool)
+    if v.shape != r.shape or v.ndim != 1:
+        raise ValueError(f"values and reached must be 1-D and the same length, got {v.shape} and {r.shape}")
+    if v.size == 0:
+        raise ValueError("values must not be empty")
+    if (~np.isfinite(v[r])).any():
+        raise ValueError("a seed that reached the target must have a finite time")
+    return float(np.median(np.where(r, v, np.inf)))

@@ -201,3 +201,45 @@ def test_verdict_reads_the_interval_of_a_minus_b():
     assert verdict({"ci_low": math.nan, "ci_high": math.nan}) == "no detectable difference"
     a, b = _pairs(shift=-0.3)
     assert verdict(paired_difference(a, b)) == "a better" and verdict(paired_difference(b, a)) == "a worse"
+
+
+def test_wilson_interval_matches_the_closed_form_and_stays_in_unit_interval():
+    from lib.core.stats import wilson_interval
+    k, n, z = 3, 3, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    est, lo, hi = wilson_interval(k, n)
+    assert est == 1.0 and lo == pytest.approx(centre - half, rel=1e-9) and hi == pytest.approx(1.0)
+    assert 0 <= wilson_interval(0, 5)[1] <= wilson_interval(0, 5)[2] <= 1
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(4, 3)
+
+
+def test_holm_matches_the_step_down_definition():
+    from lib.core.stats import holm
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted finite: 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> running max 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm(p)[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(holm(p)[4])
+    with pytest.raises(ValueError, match="pvalues"):
+        holm([1.5])
+
+
+def test_min_detectable_effect_gives_the_stated_power_by_simulation():
+    from lib.core.stats import min_detectable_effect
+    rng = np.random.default_rng(0)
+    n, sd = 8, 0.3
+    mde = min_detectable_effect(sd, n)
+    from scipy import stats as st
+    hits = [st.ttest_1samp(rng.normal(mde, sd, n), 0).pvalue < 0.05 for _ in range(4000)]
+    assert 0.76 < np.mean(hits) < 0.84   # the t approximation of the noncentral t, within noise
+    assert math.isnan(min_detectable_effect(sd, 1))
+
+
+def test_median_censored_counts_every_seed():
+    from lib.core.stats import median_censored
+    assert median_censored([1.0, 2.0, 9.0], [True, True, False]) == 2.0
+    assert median_censored([1.0, 2.0, 3.0, 4.0], [True, False, False, True]) == math.inf
+    with pytest.raises(ValueError, match="reached"):
+        median_censored([1.0], [True, False])
