@@ -1,8 +1,13 @@
 """The workbench's one entry point (invoke).
 
-    invoke lab                                 JupyterLab on notebooks/
+    invoke lab [--port 8888] [--ip localhost] [--no-browser]
+                                               JupyterLab on notebooks/ (adds --allow-root as root)
+    invoke board [--port 6006]                 TensorBoard on the runs directory (build/runs)
+    invoke report [--source notebooks]         a static offline HTML site of the executed
+                                               notebooks in build/report/
     invoke run [--profile quick|full] [--only 01,03] [--device cuda]
                                                execute notebooks headlessly (papermill) into build/
+    invoke run --profile full --dry-run        each notebook's planned runs, FLOPs and hours; no training
     invoke refresh [--only 01]                 re-execute notebooks in place (quick profile)
     invoke test [--fast] [--latest]            unit tests, then nbval over every notebook
                                                (--latest: in a throwaway env of the newest releases)
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -32,12 +38,23 @@ LOCK = ROOT / "constraints.txt"
 LOCKED_TORCH = "2.13.0"
 # Outer wall-clock limits per notebook (seconds): papermill can hang after the last cell.
 TIMEOUT = {"quick": 20 * 60, "full": 6 * 60 * 60}
+# Headless executions (papermill, nbval) set this, so an explorer cell draws its static figure
+# instead of live widgets (lib.core.in_batch reads it; JupyterLab sessions leave it unset).
+BATCH = {"WORKBENCH_BATCH": "1"}
+# The kernelspec as JupyterLab writes it when it opens a notebook (ipykernel's python3 kernel):
+# refresh writes the same, so opening a refreshed notebook does not mark it modified.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+RUNS = BUILD / "runs"
+RUNS_ENV = "WORKBENCH_RUNS_DIR"  # lib.training.tensorboard's runs directory for sweeps
 
 
 def _notebooks(only: str | None) -> list[Path]:
     books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
+        if not wanted:
+            raise Exit(f"--only {only!r} names no notebook; give comma-separated prefixes, e.g. 01,03",
+                       code=2)
         unknown = [w for w in wanted if not any(b.name.startswith(w) for b in books)]
         if unknown:
             names = ", ".join(b.name for b in books)
@@ -73,7 +90,8 @@ def _execute(book: Path, output: Path, parameters: dict, timeout: int, progress:
     cmd += ["--progress-bar" if progress else "--no-progress-bar"]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, timeout=timeout, capture_output=not progress, text=True)
+        proc = subprocess.run(cmd, timeout=timeout, capture_output=not progress, text=True,
+                              env=dict(os.environ, **BATCH))
         ok = proc.returncode == 0
         detail = "" if ok else _failed_cell(output)
         if not ok and proc.stderr and "no output notebook" in detail:
@@ -90,10 +108,52 @@ def _table(rows: list[tuple[str, str, float]]) -> str:
     return "\n".join(lines)
 
 
-@task
-def lab(c, port: int = 8888):
-    """Start JupyterLab on notebooks/."""
-    c.run(f"{sys.executable} -m jupyter lab --notebook-dir={NOTEBOOKS} --port={port}", pty=True)
+def lab_command(port: int = 8888, ip: str = "localhost", no_browser: bool = False,
+                notebook_dir: Path = NOTEBOOKS) -> list[str]:
+    """The ``jupyter lab`` command line of ``invoke lab`` (``--allow-root`` when run as root)."""
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebook_dir}", f"--port={int(port)}",
+           f"--ip={ip}"]
+    if no_browser:
+        cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # Jupyter refuses to start as root without it (containers, CI)
+    return cmd
+
+
+@task(help={
+    "port": "port to serve on (default 8888)",
+    "ip": "address to listen on (default localhost; 0.0.0.0 for every interface)",
+    "no_browser": "do not open a browser",
+})
+def lab(c, port: int = 8888, ip: str = "localhost", no_browser: bool = False):
+    """Start JupyterLab on notebooks/; sweeps run in it log to TensorBoard (see `invoke board`)."""
+    env = {RUNS_ENV: os.environ.get(RUNS_ENV, str(RUNS))}
+    c.run(shlex.join(lab_command(port, ip, no_browser)), pty=True, env=env)
+
+
+@task(help={"port": "port to serve on (default 6006)", "ip": "address to listen on (default localhost)",
+            "logdir": "the runs directory (default $WORKBENCH_RUNS_DIR or build/runs)"})
+def board(c, port: int = 6006, ip: str = "localhost", logdir: str | None = None):
+    """Start TensorBoard on the runs directory (one run directory per sweep run id)."""
+    path = Path(logdir or os.environ.get(RUNS_ENV) or RUNS)
+    path.mkdir(parents=True, exist_ok=True)
+    c.run(shlex.join([sys.executable, "-m", "tensorboard.main", "--logdir", str(path),
+                      "--port", str(int(port)), "--host", ip]), pty=True)
+
+
+@task(help={"source": "folder of executed notebooks (default notebooks/, the committed outputs; "
+                      "or build/quick after `invoke run`)",
+            "out": "output folder (default build/report)"})
+def report(c, source: str | None = None, out: str | None = None):
+    """Write a static HTML site of the executed notebooks, readable offline, to build/report/."""
+    from lib.core import build_report
+
+    src = Path(source) if source else NOTEBOOKS
+    books = sorted(src.glob("[0-9][0-9]_*.ipynb"))
+    if not books:
+        raise Exit(f"--source {src} holds no notebooks named NN_*.ipynb", code=2)
+    index = build_report(books, Path(out) if out else BUILD / "report")
+    print(f"report: {index}")
 
 
 @task(help={
@@ -101,18 +161,31 @@ def lab(c, port: int = 8888):
     "only": "comma-separated notebook prefixes, e.g. 01,03",
     "device": "force a device (cpu, cuda, cuda:1, mps); default: best available",
     "timeout": "outer wall-clock limit per notebook in seconds (default by profile)",
+    "dry_run": "print each notebook's planned runs, FLOPs and estimated hours on this device; train nothing",
+    "smoke": "with --profile full: the full configuration cut to a few steps (the CPU smoke test)",
+    "allow_over_budget": "with --profile full: start even when the estimate exceeds the 6 h limit",
 })
 def run(c, profile: str = "quick", only: str | None = None, device: str | None = None,
-        timeout: int | None = None, progress: bool = True):
+        timeout: int | None = None, progress: bool = True, dry_run: bool = False, smoke: bool = False,
+        allow_over_budget: bool = False):
     """Execute notebooks headlessly with papermill into build/; figures land in figures/."""
     if profile not in TIMEOUT:
         raise Exit(f"--profile must be one of {sorted(TIMEOUT)}, got {profile!r}", code=2)
+    if (smoke or allow_over_budget) and profile != "full":
+        raise Exit("--smoke and --allow-over-budget apply to --profile full only", code=2)
     books = _notebooks(only)
-    out_dir = BUILD / profile
+    if dry_run:
+        _dry_run(books, profile, device, smoke)
+        return
+    out_dir = BUILD / (f"{profile}-smoke" if smoke else profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile}
     if device:
         parameters["device"] = device
+    if smoke:
+        parameters["smoke"] = True
+    if allow_over_budget:
+        parameters["allow_over_budget"] = True
     rows, failures = [], []
     for i, book in enumerate(books, 1):
         print(f"[{i}/{len(books)}] {book.name} (profile={profile})", flush=True)
@@ -129,6 +202,47 @@ def run(c, profile: str = "quick", only: str | None = None, device: str | None =
         raise Exit(f"{len(failures)} of {len(books)} notebooks failed", code=1)
 
 
+def study_module(book: Path) -> str | None:
+    """The ``lib.experiments`` recipe module a notebook imports (None if it imports none)."""
+    sources = "\n".join("".join(cell.get("source", "")) for cell in json.loads(book.read_text())["cells"]
+                        if cell.get("cell_type") == "code")
+    found = re.search(r"from\s+lib\.experiments\s+import\s+(\w+)|lib\.experiments\.(\w+)", sources)
+    return (found.group(1) or found.group(2)) if found else None
+
+
+def _dry_run(books: list[Path], profile: str, device: str | None, smoke: bool) -> None:
+    """Print every notebook's cost estimate (``lib.scaling.estimate_cost`` of its study module's
+    ``planned_runs(settings)``) without training; a module without ``planned_runs`` is named."""
+    import importlib
+
+    from lib import scaling
+    from lib.core import profile_settings
+
+    problems = []
+    for book in books:
+        print(f"== {book.name} (profile={profile}{', smoke' if smoke else ''})", flush=True)
+        name = study_module(book)
+        module = importlib.import_module(f"lib.experiments.{name}") if name else None
+        if module is None or not hasattr(module, "planned_runs"):
+            where = f"lib.experiments.{name}" if name else "the notebook imports no lib.experiments module: it"
+            print(f"   no cost estimate: {where} defines no planned_runs(settings) yet\n")
+            problems.append(f"{book.name}: no planned_runs")
+            continue
+        try:
+            settings = profile_settings(profile, quick=module.QUICK, full=module.FULL, smoke=smoke,
+                                        smoke_steps=getattr(module, "SMOKE", None))
+            estimate = scaling.estimate_cost(module.planned_runs(settings), device)
+        except Exception as err:  # one broken recipe must not hide the others' estimates
+            print(f"   FAILED: {type(err).__name__}: {err}\n")
+            problems.append(f"{book.name}: {type(err).__name__}: {err}")
+            continue
+        print(estimate, end="\n\n", flush=True)
+        if estimate.over_budget:
+            problems.append(f"{book.name}: {estimate.summary()}")
+    if problems:
+        print("attention:\n  " + "\n  ".join(problems))
+
+
 @task(help={"only": "comma-separated notebook prefixes, e.g. 01,03"})
 def refresh(c, only: str | None = None, timeout: int | None = None):
     """Re-execute notebooks in place (quick profile) so committed outputs match the code."""
@@ -143,6 +257,7 @@ def refresh(c, only: str | None = None, timeout: int | None = None):
         if status == "ok":
             nb = json.loads(tmp.read_text())
             _strip_volatile_metadata(nb)
+            _normalise_kernel_metadata(nb)
             book.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         else:
             failures.append(f"{book.name}: {detail}")
@@ -151,6 +266,17 @@ def refresh(c, only: str | None = None, timeout: int | None = None):
     if failures:
         print("\nfailures (left unchanged):\n  " + "\n  ".join(failures))
         raise Exit(f"{len(failures)} of {len(books)} notebooks failed", code=1)
+
+
+def _normalise_kernel_metadata(nb: dict) -> None:
+    """Write the kernelspec and language_info as JupyterLab and ipykernel write them."""
+    meta = nb.setdefault("metadata", {})
+    meta["kernelspec"] = dict(KERNELSPEC)
+    info = meta.setdefault("language_info", {})
+    info.update({"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3"})
+    info.setdefault("version", ".".join(map(str, sys.version_info[:3])))
 
 
 def _strip_volatile_metadata(nb: dict) -> None:
@@ -162,7 +288,7 @@ def _strip_volatile_metadata(nb: dict) -> None:
 
 
 @task(help={
-    "fast": "unit tests only (skip nbval over the notebooks)",
+    "fast": "unit tests only (skip the full-profile smoke runs and nbval over the notebooks)",
     "workers": "pytest-xdist workers for the unit tests (default 2)",
     "only": "comma-separated notebook prefixes for nbval, e.g. 01,03",
     "latest": "run the suite in a throwaway env (build/latest-env) of the newest releases",
@@ -177,8 +303,10 @@ def test(c, fast: bool = False, workers: int = 2, only: str | None = None, lates
         flags += f" --only {only}" if only else ""
         c.run(f"{python} -m invoke test --workers {workers}{flags}", pty=False)
         return
-    env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg")
-    c.run(f"{sys.executable} -m pytest tests -q -n {workers}", env=env, pty=False)
+    env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg", **BATCH)
+    # --fast: unit tests only; the full-profile smoke runs (tests/test_full_profile.py) execute notebooks.
+    select = ' -m "not full_profile"' if fast else ""
+    c.run(f"{sys.executable} -m pytest tests -q -n {workers}{select}", env=env, pty=False)
     if fast:
         return
     books = " ".join(str(b.relative_to(ROOT)) for b in _notebooks(only))
@@ -267,7 +395,10 @@ def bench(c, only: str | None = None):
     """Run benchmarks/bench_*.py and print their tables (ratios against peers, same run)."""
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
     if only:
-        wanted = [w.strip() for w in only.split(",")]
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        if not wanted:
+            raise Exit(f"--only {only!r} names no benchmark; give comma-separated names, e.g. schedules,models",
+                       code=2)
         scripts = [s for s in scripts if any(w in s.stem for w in wanted)]
     if not scripts:
         raise Exit("no benchmark matched", code=2)

@@ -7,6 +7,11 @@ noisy; ratios are what to read).
    row gives it precomputed cos/sin). Ratio = transformers time / ours (target >= 1.0).
 2. Each encoding's attention forward (hooks + SDPA) relative to RoPE, per sequence length.
 3. Attention throughput (tokens/s) vs length for RoPE.
+4. ALiBi through FlexAttention (``lib.encodings.bias_attention``, the path the model takes from
+   ``FLEX_MIN_TOKENS_CPU`` tokens) and through the materialised [H, T, T] bias, each paired with
+   RoPE (causal SDPA) per repeat: the per-repeat ratio ALiBi / RoPE (target <= 1.3x at 4,096
+   tokens), the one-time compile cost, and each contender's peak memory (the CPU allocator's
+   allocations during one forward, from torch's profiler) against length.
 
     python benchmarks/bench_encodings.py [--quick] [--threads N]
 """
@@ -15,13 +20,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from lib.encodings import build_encoding
+if __package__ in (None, ""):  # run as a script: python benchmarks/bench_encodings.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import paired_times, peak_memory
+from lib.encodings import FLEX_MIN_TOKENS_CPU, bias_attention, build_encoding, flex_available
 from lib.encodings import diagnostics as D
 
 
@@ -66,6 +77,51 @@ def rope_vs_transformers(batch: int, heads: int, seq_len: int, head_dim: int, re
     ]
 
 
+def alibi_paths(lengths, repeats: int, batch: int = 2, heads: int = 4, head_dim: int = 64) -> list[dict]:
+    """ALiBi by flex and by the materialised bias against RoPE, paired per repeat, with the
+    first flex call's time (the compile) and each contender's peak memory."""
+    return [row for t in lengths for row in _alibi_rows(t, repeats, batch, heads, head_dim)]
+
+
+def _alibi_rows(t: int, repeats: int, batch: int, heads: int, head_dim: int) -> list[dict]:
+    rows = []
+    dims = dict(d_model=heads * head_dim, n_heads=heads, head_dim=head_dim, max_seq_len=t)
+    alibi, rope = build_encoding("alibi", **dims), build_encoding("rope", **dims)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, t, head_dim, generator=gen) for _ in range(3))
+    pos = torch.arange(t)
+    torch.testing.assert_close(bias_attention(q, k, v, alibi, path="materialised"),
+                               bias_attention(q, k, v, alibi, path="flex"), atol=2e-5, rtol=2e-5)
+
+    @torch.no_grad()
+    def run_rope():
+        return F.scaled_dot_product_attention(*rope.rotate(q, k, pos), v, is_causal=True)
+
+    fns = {"rope": run_rope}
+    if flex_available("cpu"):
+        fns["alibi flex"] = torch.no_grad()(lambda: bias_attention(q, k, v, alibi, path="flex"))
+    fns["alibi materialised"] = torch.no_grad()(lambda: bias_attention(q, k, v, alibi, path="materialised"))
+    times = paired_times(fns, repeats, steps=2, warmup=1)
+    for name in fns:
+        ratios = [a / r for a, r in zip(times[name], times["rope"], strict=True)]
+        rows.append({"seq_len": t, "contender": name, "ms": 1e3 * statistics.median(times[name]),
+                     "/ rope (median)": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                     "per repeat": " ".join(f"{r:.2f}" for r in ratios),
+                     "peak MiB": peak_memory(fns[name]) / 2**20})
+    return rows
+
+
+def flex_compile_seconds(t: int, batch: int = 2, heads: int = 4, head_dim: int = 64) -> float:
+    """Seconds of the first flex call at a length this process has not compiled (inductor's
+    on-disk cache, when warm from an earlier run, makes it cheaper than a cold compile)."""
+    alibi = build_encoding("alibi", d_model=heads * head_dim, n_heads=heads, head_dim=head_dim, max_seq_len=t)
+    q, k, v = (torch.randn(batch, heads, t, head_dim) for _ in range(3))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        bias_attention(q, k, v, alibi, path="flex")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
@@ -100,6 +156,14 @@ def main() -> None:
     rope = frame[frame["encoding"] == "rope"].assign(tokens_per_s=lambda f: 2 * f["seq_len"] / f["seconds"])
     print("\n3. RoPE attention throughput (tokens/s, causal SDPA, B2 H4 D64)")
     print(rope[["seq_len", "tokens_per_s"]].round(0).to_string(index=False))
+
+    lens = (1024, 4096) if args.quick else (1024, 2048, 4096)
+    print(f"\n4. ALiBi by FlexAttention and by the materialised bias vs RoPE (B2 H4 D64, no grad; "
+          f"the model takes flex from {FLEX_MIN_TOKENS_CPU} tokens on CPU)")
+    if flex_available("cpu"):
+        print(f"   first flex call at a new length (compile): {flex_compile_seconds(1536):.1f} s")
+    frame = pd.DataFrame(alibi_paths(lens, repeats))
+    print(frame.round(2).to_string(index=False))
 
 
 if __name__ == "__main__":

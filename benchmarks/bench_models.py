@@ -6,6 +6,11 @@ and the ratio ours / Llama (target >= 1.2x on CPU), and the memory one training 
 (CPU: tensors saved for backward + params, grads, AdamW state; CUDA: the allocator's peak).
 
     python benchmarks/bench_models.py [--quick] [--device cuda]
+
+On CUDA it reports instead, per shape (the costliest model of each notebook's full profile and
+GPT-2 124M), tokens/s, ms/step and MFU (model FLOPs against the GPU's dense bf16 peak,
+``PEAK_BF16_FLOPS``) of ours and of LlamaForCausalLM (sdpa), each eager and compiled, in one
+run. Asking for CUDA where there is none is an error.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_models.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import paired_ratio, paired_times, record
-from lib.core import autocast, pick_device
+from lib import experiments
+from lib.core import autocast, pick_device, profile_settings
 from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
+from lib.scaling import run_flops_per_token
 from lib.training import adamw
 
 SHAPES = {
@@ -91,6 +98,107 @@ def compiled_throughput(shape: str, batch: int, repeats: int, steps: int, device
     return out
 
 
+# Dense bf16 tensor-core peaks (FLOP/s, no structured sparsity) from NVIDIA's datasheets,
+# matched in this order against torch.cuda.get_device_name (more specific names first).
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),      # H200 SXM
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),      # H100 SXM5
+    ("A100", 312e12),      # SXM and PCIe alike
+    ("L4", 121e12),
+)
+# A GPT-2-small-size model (124M parameters with GPT-2's vocabulary and context) in lib.models'
+# conventions (SwiGLU, RoPE, tied embeddings): the shape MFU targets are quoted at.
+GPT2_124M = dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=2048, max_seq_len=1024)
+GPU_TOKENS_PER_STEP = 32768   # default CUDA batch: enough tokens per step to fill an H100
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of a GPU named ``device_name`` (``PEAK_BF16_FLOPS``), or None
+    for a GPU the table does not know."""
+    for key, peak in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation: the training FLOP/s the model's own count implies (tokens/s x
+    FLOPs per token) over the device's peak; None without a peak."""
+    return None if not peak_flops else tokens_per_s * flops_per_token / peak_flops
+
+
+def notebook_full_shapes() -> dict[str, ModelConfig]:
+    """The costliest model of each notebook's full profile (the ``planned_runs`` of its study
+    module at the full settings), plus ``GPT2_124M``."""
+    shapes = {}
+    for name in experiments.__all__:
+        module = getattr(experiments, name)
+        if not hasattr(module, "planned_runs"):
+            continue
+        runs = module.planned_runs(profile_settings("full", quick=module.QUICK, full=module.FULL))
+        if runs:
+            top = max(runs, key=lambda r: run_flops_per_token(r.model, r.train_len))
+            shapes[name.removesuffix("_study")] = ModelConfig(**{**top.model.to_dict(), "max_seq_len": top.train_len})
+    shapes["gpt2-124m"] = ModelConfig(**GPT2_124M)
+    return shapes
+
+
+def gpu_table(shapes: dict[str, ModelConfig], batch: int | None, repeats: int, steps: int, device,
+              compile: bool = True) -> list[dict]:
+    """Per shape and implementation (ours and transformers' LlamaForCausalLM with sdpa, each
+    eager and, with ``compile``, through torch.compile; bf16 autocast, fused AdamW), measured
+    in the same run by interleaved repeats: tokens/s, ms/step and MFU against the device's bf16
+    peak. Model FLOPs per token: ``lib.scaling.run_flops_per_token`` (Chinchilla Appendix F:
+    all matmuls, attention over the full T x T). A shape transformers cannot build (MoE, a
+    non-RoPE encoding) is measured for ours only. ``batch`` None: ``GPU_TOKENS_PER_STEP`` tokens."""
+    peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    rows = []
+    for label, config in shapes.items():
+        b = batch or max(1, GPU_TOKENS_PER_STEP // config.max_seq_len)
+        x = torch.randint(0, config.vocab_size, (b, config.max_seq_len), device=device)
+        models = {"ours": build("ours", config, device)}
+        try:
+            models["llama sdpa"] = build("llama", config, device)
+        except (ValueError, NotImplementedError, KeyError) as err:
+            print(f"{label}: no transformers Llama of this shape ({err}); ours only")
+        fns = {}
+        for name, model in models.items():
+            which = "ours" if name == "ours" else "llama"
+            fns[f"{name} eager"] = step_fn(model, which, x, device)
+            if compile:
+                fns[f"{name} compiled"] = step_fn(torch.compile(model), which, x, device)
+        times = paired_times(fns, repeats, steps, device, warmup=3 if compile else 1)
+        fpt = run_flops_per_token(config)
+        for name, t in times.items():
+            step_s = sorted(t)[len(t) // 2]
+            tps = b * config.max_seq_len / step_s
+            rows.append({"shape": label, "impl": name, "params": Transformer(config).num_params(),
+                         "batch": b, "seq_len": config.max_seq_len, "tokens_per_s": tps,
+                         "ms_per_step": step_s * 1e3, "mfu": mfu(tps, fpt, peak)})
+        del models, fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def print_gpu_table(rows: list[dict], device) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    peak = peak_bf16_flops(name) if device.type == "cuda" else None
+    print(f"device={name} bf16 peak={'unknown (not in PEAK_BF16_FLOPS)' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}")
+    print(f"{'shape':<12}{'impl':<22}{'params':>13}{'batch':>7}{'seq':>6}{'tokens/s':>12}{'ms/step':>10}{'MFU':>8}")
+    for r in rows:
+        m = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        print(f"{r['shape']:<12}{r['impl']:<22}{r['params']:>13,}{r['batch']:>7}{r['seq_len']:>6}"
+              f"{r['tokens_per_s']:>12,.0f}{r['ms_per_step']:>10.1f}{m:>8}")
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["impl"]: r["tokens_per_s"] for r in rows if r["shape"] == shape}
+        if "ours compiled" in by and "llama sdpa compiled" in by:
+            print(f"{shape}: ours compiled / llama compiled {by['ours compiled'] / by['llama sdpa compiled']:.2f}x "
+                  "(target >= 1.1x at gpt2-124m on an H100-class GPU; MFU target >= 40%)")
+
+
 def step_memory(which: str, shape: str, batch: int, device) -> float:
     """Memory (MiB) one training step holds: on CUDA the allocator's peak; on CPU the tensors
     autograd saves for backward (deduplicated by storage) plus parameters, gradients and AdamW
@@ -124,15 +232,25 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also compare both models under torch.compile (needs a C++ compiler on CPU; slow to start)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="model shape (default by --quick)")
-    parser.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="sequences per step (default 8; on CUDA 32768 tokens per step)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved repeats (default 7, --quick 5); more on a shared machine")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    if args.batch <= 0:
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:  # e.g. --device cuda on a machine without CUDA
+        parser.error(f"--device {args.device}: {err}; the CUDA report (tokens/s and MFU at the notebooks' "
+                     "full shapes and GPT-2 124M) needs a CUDA GPU")
+    if args.batch is not None and args.batch <= 0:
         parser.error(f"--batch must be a positive integer, got {args.batch}")
+    if device.type == "cuda":
+        # The GPU report: full shapes, MFU, transformers Llama eager and compiled, same run.
+        rows = gpu_table(notebook_full_shapes(), args.batch, args.repeats or 5, 3, device, compile=True)
+        print_gpu_table(rows, device)
+        return
     shape, repeats, steps = ("tiny", 5, 3) if args.quick else ("small", 7, 3)
-    batch = args.batch
+    batch = args.batch or 8
     repeats = args.repeats or repeats
     shape = args.shape or shape
     res = throughput(shape, batch, repeats, steps, device)

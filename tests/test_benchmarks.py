@@ -72,3 +72,35 @@ def test_bench_scripts_run_end_to_end(capsys):
     assert "batch=2 " in out
     with pytest.raises(SystemExit):
         bench_models.main(["--batch", "0"])
+
+
+def test_gpu_report_peaks_mfu_and_refusal_without_cuda(capsys):
+    """bench_models' CUDA mode: the bf16 peak table by device name, MFU as a closed form, the
+    GPT-2 124M shape's size, and a clear refusal where there is no CUDA."""
+    from benchmarks import bench_models as bm
+
+    for name, peak in (("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("Tesla T4", None)):
+        assert bm.peak_bf16_flops(name) == peak
+    assert bm.mfu(1e5, 6e8, 1e15) == pytest.approx(0.06) and bm.mfu(1e5, 6e8, None) is None
+    with torch.device("meta"):
+        n = bm.Transformer(bm.ModelConfig(**bm.GPT2_124M)).num_params()
+    assert abs(n - 124e6) / 124e6 < 0.01
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bm.main(["--device", "cuda"])
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gpu_table_code_path_runs_on_cpu():
+    """The CUDA report's measuring code, eager only, on a CPU: a dense shape against Llama, an
+    MoE shape (which transformers' Llama cannot hold) ours only; tokens/s = tokens / step."""
+    from benchmarks import bench_models as bm
+
+    dense = bm.ModelConfig(**bm.SHAPES["notebook"])
+    moe = bm.ModelConfig(**{**bm.SHAPES["notebook"], "mlp": "moe", "moe": {"n_experts": 2, "top_k": 1}})
+    rows = bm.gpu_table({"dense": dense, "moe": moe}, 2, 1, 1, torch.device("cpu"), compile=False)
+    assert [(r["shape"], r["impl"]) for r in rows] == [("dense", "ours eager"), ("dense", "llama sdpa eager"),
+                                                       ("moe", "ours eager")]
+    for r in rows:
+        assert r["tokens_per_s"] == pytest.approx(2 * 64 / (r["ms_per_step"] / 1e3)) and r["mfu"] is None

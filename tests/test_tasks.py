@@ -16,6 +16,9 @@ def test_only_selects_notebooks_and_rejects_unknown_prefixes():
         assert all(b.name.startswith(prefix) for b in tasks._notebooks(prefix))
     with pytest.raises(Exit, match="names no notebook"):
         tasks._notebooks("99")
+    for empty in (",", " , "):   # no prefix at all: a clear error, not an empty run
+        with pytest.raises(Exit, match="names no notebook; give comma-separated prefixes"):
+            tasks._notebooks(empty)
 
 
 def test_failed_cell_names_the_cell_and_error(tmp_path):
@@ -56,4 +59,41 @@ def test_execute_runs_papermill_and_names_the_failing_cell(tmp_path):
     status, secs, detail = tasks._execute(book, tmp_path / "ran.ipynb", {"profile": "quick"}, 120, False)
     assert status == "FAILED" and "AssertionError: got quick" in detail and secs > 0
     status, _, detail = tasks._execute(book, tmp_path / "ran.ipynb", {"profile": "full"}, 120, False)
+    assert (status, detail) == ("ok", "")
+
+
+def test_lab_command_takes_port_ip_no_browser_and_allows_root(monkeypatch):
+    monkeypatch.setattr(tasks.os, "geteuid", lambda: 0)
+    cmd = tasks.lab_command(port=9999, ip="0.0.0.0", no_browser=True)
+    assert cmd[1:4] == ["-m", "jupyter", "lab"]
+    assert {"--port=9999", "--ip=0.0.0.0", "--no-browser", "--allow-root"} <= set(cmd)
+    assert f"--notebook-dir={tasks.NOTEBOOKS}" in cmd
+    monkeypatch.setattr(tasks.os, "geteuid", lambda: 1000)
+    cmd = tasks.lab_command()
+    assert "--allow-root" not in cmd and "--no-browser" not in cmd and "--port=8888" in cmd
+
+
+def test_refresh_writes_the_kernel_metadata_jupyterlab_writes():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    nb = {"metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                       "language_info": {"name": "python", "version": "3.11.7"}}, "cells": []}
+    tasks._normalise_kernel_metadata(nb)
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert nb["metadata"]["kernelspec"] == {"display_name": spec.display_name, "language": "python",
+                                            "name": "python3"}
+    info = nb["metadata"]["language_info"]
+    assert info["version"] == "3.11.7" and info["pygments_lexer"] == "ipython3"
+    assert info["codemirror_mode"] == {"name": "ipython", "version": 3}
+
+
+def test_execute_runs_notebooks_in_batch_mode(tmp_path, monkeypatch):
+    import nbformat
+
+    monkeypatch.delenv("WORKBENCH_BATCH", raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from lib.core import in_batch\nassert in_batch(), 'live mode'")]
+    book = tmp_path / "98_batch.ipynb"
+    nbformat.write(nb, book)
+    status, _, detail = tasks._execute(book, tmp_path / "ran.ipynb", {}, 120, False)
     assert (status, detail) == ("ok", "")

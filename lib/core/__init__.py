@@ -17,9 +17,11 @@ from lib.core.checks import (
     check_positive_array,
     check_same_length,
     check_seed,
+    check_token_ids,
 )
 from lib.core.plotting import (
     FORMATS,
+    PLOTLY_RENDERER,
     save_figure,
     save_plotly,
     setup_plotly_for_notebooks,
@@ -30,8 +32,11 @@ from lib.core.registry import (
 )
 from lib.core.report import (
     BATCH_ENV,
+    CONCLUSION_TAG,
+    build_report,
     fmt_interval,
     in_batch,
+    notebook_summary,
     show_markdown,
 )
 from lib.core.runtime import (
@@ -77,7 +82,11 @@ __all__ = [
     "in_batch",
     "show_markdown",
     "fmt_interval",
+    "CONCLUSION_TAG",
+    "notebook_summary",
+    "build_report",
     "FORMATS",
+    "PLOTLY_RENDERER",
     "use_style",
     "save_figure",
     "save_plotly",
@@ -93,6 +102,7 @@ __all__ = [
     "check_int_array",
     "check_same_length",
     "check_confidence",
+    "check_token_ids",
     "t_critical",
     "t_interval",
     "summarize",

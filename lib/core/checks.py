@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "check_int", "check_number", "check_positive", "check_fraction", "check_choice", "check_seed",
     "check_bool", "check_positive_array", "check_int_array", "check_same_length", "check_confidence",
+    "check_token_ids",
 ]
 
 
@@ -122,3 +123,20 @@ def check_same_length(**arrays: Sequence[Any] | np.ndarray) -> None:
     sizes = {k: int(np.size(v)) for k, v in arrays.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"arrays must have the same length, got {sizes}")
+
+
+def check_token_ids(name: str, ids: Any, vocab_size: int, ignore_index: int | None = None) -> None:
+    """Every id in ``ids`` (a numpy array or torch tensor of integers) lies in
+    ``[0, vocab_size)``; entries equal to ``ignore_index`` (e.g. -100, masked targets) are skipped."""
+    vocab_size = check_int("vocab_size", vocab_size, 1)
+    dtype = str(getattr(ids, "dtype", ""))
+    if not dtype or not any(kind in dtype for kind in ("int", "uint")):
+        raise ValueError(f"{name} must be an array of integer token ids, got {type(ids).__name__} {dtype}")
+    if ignore_index is not None:
+        ids = ids[ids != ignore_index]
+    if ids.numel() if hasattr(ids, "numel") else ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{name} holds token ids in [{lo}, {hi}], outside the model's vocabulary "
+                             f"[0, vocab_size={vocab_size}): the data's tokenizer and the model's vocab_size "
+                             "disagree")

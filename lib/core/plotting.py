@@ -4,7 +4,9 @@
 ``figures/01_schedules/warmup_cosine.png`` and ``.svg`` under the repository root, whatever
 the kernel's working directory. Files are byte-for-byte reproducible: no dates, no software
 stamps, a fixed SVG hash salt, so re-running a notebook does not churn git.
-Plotly figures go through ``save_plotly`` (a self-contained-but-small HTML page).
+Plotly figures go through ``save_plotly``: one self-contained HTML page with plotly.js embedded,
+so it opens offline. Both return paths relative to the repository root, so a notebook that
+displays them shows no machine's checkout folder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib.core.runtime import figures_dir
+from lib.core.runtime import figures_dir, repo_root
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FORMATS = ("png", "svg")
@@ -40,7 +42,9 @@ def _check_name(kind: str, value: str) -> None:
 def save_figure(fig, notebook: str, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
     """Save a matplotlib figure (or seaborn grid) to ``figures/<notebook>/<name>.<fmt>``.
 
-    Returns the written paths. Output is deterministic (see module docstring).
+    Returns the written paths relative to the repository root (``repo_root() / path`` is the
+    file), so a cell that displays them shows no absolute path. Output is deterministic (see
+    module docstring).
     """
     import matplotlib as mpl
 
@@ -59,24 +63,39 @@ def save_figure(fig, notebook: str, name: str, formats: tuple[str, ...] = FORMAT
             path = out_dir / f"{name}.{fmt}"
             metadata = {"Date": None} if fmt == "svg" else {"Software": None}
             fig.savefig(path, format=fmt, metadata=metadata, bbox_inches="tight")
-            paths.append(path)
+            paths.append(path.relative_to(repo_root()))
     return paths
 
 
 def save_plotly(fig, notebook: str, name: str) -> Path:
-    """Save a plotly figure as ``figures/<notebook>/<name>.html`` (plotly.js from the CDN)."""
+    """Save a plotly figure as ``figures/<notebook>/<name>.html`` with plotly.js embedded.
+
+    The page loads nothing from the network (no CDN), and is byte-for-byte reproducible (a fixed
+    div id). Returns its path relative to the repository root.
+    """
     _check_name("notebook", notebook)
     _check_name("name", name)
     if not hasattr(fig, "to_html"):
         raise ValueError(f"save_plotly needs a plotly Figure, got {type(fig).__name__}")
     path = figures_dir(notebook) / f"{name}.html"
-    html = fig.to_html(include_plotlyjs="cdn", full_html=True, div_id=f"{notebook}-{name}")
+    html = fig.to_html(include_plotlyjs=True, full_html=True, div_id=f"{notebook}-{name}")
     path.write_text(html, encoding="utf-8")
-    return path
+    return path.relative_to(repo_root())
+
+
+# JupyterLab renders this MIME type with the plotly.js bundled in its jupyterlab-plotly
+# extension (shipped inside the plotly wheel), so a figure needs no network and its output is
+# the figure's JSON only. The "notebook" renderer would instead embed all of plotly.js (about
+# 4.7 MB) in the first figure's committed output, and "notebook_connected" imports it from a CDN.
+PLOTLY_RENDERER = "plotly_mimetype"
 
 
 def setup_plotly_for_notebooks() -> None:
-    """Render plotly figures in both JupyterLab and headless (papermill/nbval) runs."""
+    """Render plotly figures offline, in JupyterLab and in headless (papermill/nbval) runs.
+
+    Sets the default renderer to ``PLOTLY_RENDERER``; ``invoke report`` turns the same output
+    into an offline HTML figure.
+    """
     import plotly.io as pio
 
-    pio.renderers.default = "notebook_connected+plotly_mimetype"
+    pio.renderers.default = PLOTLY_RENDERER

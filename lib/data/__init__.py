@@ -2,8 +2,9 @@
 
 - ``lib.data.tokens``: ``TokenData`` (a train/val token corpus with deterministic batching)
   and ``synthetic_corpus`` / ``SyntheticSource`` (a language with a closed-form entropy rate);
-- ``lib.data.text``: ``text_corpus`` (local files or a Hugging Face dataset as ``TokenData``),
-  the byte and BPE tokenizers, ``read_documents``;
+- ``lib.data.text``: ``load_corpus`` (a notebook's ``corpus`` parameter: ``"synthetic"``,
+  ``"python-stdlib"``, a local path or ``"hf:owner/name"``), ``text_corpus`` (local files or a
+  Hugging Face dataset as ``TokenData``), the byte and BPE tokenizers, ``read_documents``;
 - ``lib.data.longctx``: the retrieval tasks (passkey, NIAH, MQAR, variable tracking), the
   ``TaskData`` adapter for ``lib.training`` and the answer-accuracy evaluations.
 """
@@ -21,6 +22,7 @@ from lib.data.longctx import (
     TaskData,
     accuracy_vs_length,
     answer_accuracy,
+    answer_scores,
     make_task,
     mqar,
     niah,
@@ -29,12 +31,19 @@ from lib.data.longctx import (
     variable_tracking,
 )
 from lib.data.text import (
+    CORPORA,
     EOS_TOKEN,
+    HUB_PREFIX,
+    ROW_SUFFIXES,
+    STDLIB_EXCLUDED,
     TEXT_SUFFIXES,
     BPETokenizer,
     ByteTokenizer,
     content_hash,
+    load_corpus,
+    python_stdlib_corpus,
     read_documents,
+    stdlib_files,
     text_corpus,
     train_bpe,
 )
@@ -58,6 +67,13 @@ __all__ = [
     "read_documents",
     "text_corpus",
     "content_hash",
+    "ROW_SUFFIXES",
+    "HUB_PREFIX",
+    "STDLIB_EXCLUDED",
+    "CORPORA",
+    "stdlib_files",
+    "python_stdlib_corpus",
+    "load_corpus",
     "DIGITS",
     "FIRST_SYMBOL",
     "IGNORE",
@@ -72,6 +88,7 @@ __all__ = [
     "make_task",
     "TaskData",
     "answer_accuracy",
+    "answer_scores",
     "accuracy_vs_length",
     "niah_heatmap",
 ]

@@ -16,8 +16,8 @@ of assignments X1 = v, X2 = X1, ... ; query the value of the last variable); ``m
 dispatches by name. ``filler`` (one of ``FILLERS``) is random symbols or a repeated sentence.
 
 Training and scoring: ``TaskData`` gives a task ``TokenData``'s batching interface for
-``lib.training``; ``answer_accuracy``, ``accuracy_vs_length`` and ``niah_heatmap`` score a model
-on answer positions only.
+``lib.training``; ``answer_scores`` (per sample), ``answer_accuracy``, ``accuracy_vs_length`` and
+``niah_heatmap`` score a model on answer positions only.
 """
 
 from __future__ import annotations
@@ -251,21 +251,29 @@ class TaskData:
 
 
 @torch.no_grad()
-def answer_accuracy(model, batch: TaskBatch, chunk: int = 64) -> dict:
-    """Token accuracy over answer positions and exact-match (all answers of a sample right)."""
+def answer_scores(model, batch: TaskBatch, chunk: int = 64) -> np.ndarray:
+    """Per sample, the fraction of its answer tokens the model predicts right (float64 [N]; a
+    sample is an exact match where it is 1). Greedy next-token predictions at answer positions."""
     chunk = check_int("chunk", chunk, 1)
     was_training = model.training
     model.eval()
     correct = []
-    for i in range(0, len(batch), chunk):
-        out = model(batch.inputs[i:i + chunk].to(next(model.parameters()).device))
-        logits = getattr(out, "logits", out)
-        pred = logits.argmax(-1).cpu()
-        m = batch.mask[i:i + chunk]
-        correct.append(((pred == batch.targets[i:i + chunk]) & m).sum(1).float() / m.sum(1).float())
-    model.train(was_training)
-    frac = torch.cat(correct)
-    return {"token_accuracy": float(frac.mean()), "exact_match": float((frac == 1).float().mean())}
+    try:
+        for i in range(0, len(batch), chunk):
+            out = model(batch.inputs[i:i + chunk].to(next(model.parameters()).device))
+            logits = getattr(out, "logits", out)
+            pred = logits.argmax(-1).cpu()
+            m = batch.mask[i:i + chunk]
+            correct.append(((pred == batch.targets[i:i + chunk]) & m).sum(1).double() / m.sum(1).double())
+    finally:
+        model.train(was_training)
+    return torch.cat(correct).numpy()
+
+
+def answer_accuracy(model, batch: TaskBatch, chunk: int = 64) -> dict:
+    """Token accuracy over answer positions and exact-match (all answers of a sample right)."""
+    frac = answer_scores(model, batch, chunk)
+    return {"token_accuracy": float(frac.mean()), "exact_match": float((frac == 1).mean())}
 
 
 def accuracy_vs_length(model, task: str, lengths, n: int = 64, seed: int = 1000, **task_kwargs) -> pd.DataFrame:

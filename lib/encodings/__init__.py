@@ -5,11 +5,13 @@ What lives where:
 
 - ``base``: ``ENCODINGS`` (the registry), ``PositionalEncoding`` (the hooks every encoding
   overrides), the rotary math, ``RotaryEncoding`` and ``build_encoding``
-- ``rope``: RoPE and its context extensions (partial, linear, NTK, dynamic NTK, YaRN, Llama 3)
+- ``rope``: RoPE and its context extensions (partial, linear, NTK, dynamic NTK, YaRN, Llama 3,
+  LongRoPE, proportional)
 - ``absolute``: ``none`` (NoPE), ``sinusoidal`` and ``alibi``
 - ``spiral``: the pi-spiral family (additive, rotary, hybrid)
 - ``attractor``: the attractor state, wrapping another encoding
 - ``diagnostics``: collisions, spectra, relative-position decay, attention maps, cost
+- ``flex``: ``bias_attention``, causal attention with a position-function bias (FlexAttention)
 - ``hf``: ``apply_to_hf``, an encoding inside a transformers Llama / Qwen2
 
 An encoding is added by one class in the module of its family, decorated with
@@ -56,6 +58,18 @@ from lib.encodings.diagnostics import (
     spectral_summary,
     wavelengths,
 )
+from lib.encodings.flex import (
+    BIAS_PATHS,
+    FLEX_MIN_TOKENS_CPU,
+    FlexBiasAttention,
+    bias_attention,
+    causal_block_mask,
+    choose_bias_path,
+    dense_bias,
+    flex_available,
+    has_score_bias,
+    load_flash_attn,
+)
 from lib.encodings.hf import (
     ALIBI_ATTENTION,
     EncodingRotaryEmbedding,
@@ -67,8 +81,10 @@ from lib.encodings.rope import (
     DynamicNTKRoPE,
     LinearScaledRoPE,
     Llama3RoPE,
+    LongRoPE,
     NTKScaledRoPE,
     PartialRoPE,
+    ProportionalRoPE,
     RoPE,
     YaRN,
 )
@@ -104,6 +120,8 @@ __all__ = [
     "DynamicNTKRoPE",
     "YaRN",
     "Llama3RoPE",
+    "LongRoPE",
+    "ProportionalRoPE",
     # absolute
     "NoPE",
     "Sinusoidal",
@@ -137,6 +155,17 @@ __all__ = [
     "attention_forward",
     "attention_cost",
     "kv_cache_nbytes",
+    # flex
+    "BIAS_PATHS",
+    "FLEX_MIN_TOKENS_CPU",
+    "FlexBiasAttention",
+    "bias_attention",
+    "causal_block_mask",
+    "choose_bias_path",
+    "dense_bias",
+    "flex_available",
+    "has_score_bias",
+    "load_flash_attn",
     # hf
     "ALIBI_ATTENTION",
     "EncodingRotaryEmbedding",

@@ -76,6 +76,8 @@ class ALiBi(PositionalEncoding):
 
     Queries are the last ``t_q`` of the ``t_k`` key positions (KV-cache convention); future
     keys get bias 0 (the causal mask removes them). No parameters beyond the head count.
+    ``score_bias`` is the same bias as a function of positions, which the model adds inside
+    FlexAttention (``lib.encodings.flex``) at long lengths instead of materialising [H, T, T].
     """
 
     kind = "bias"
@@ -91,3 +93,8 @@ class ALiBi(PositionalEncoding):
         k_pos = torch.arange(t_k, device=device)[None, :]
         dist = (q_pos - k_pos).clamp(min=0).to(torch.float32)
         return (-self.slopes.to(device)[:, None, None] * dist).to(dtype)
+
+    def score_bias(self, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        """``slope_h * (kv_idx - q_idx)``: ``attn_bias`` wherever the causal mask keeps a key
+        (bitwise: the same float32 product), as a function for FlexAttention's ``score_mod``."""
+        return self.slopes[head] * (kv_idx - q_idx).to(torch.float32)

@@ -1,6 +1,6 @@
 """What every positional encoding shares: the registry, the hook interface, the rotary math.
 
-Every encoding is a ``PositionalEncoding`` module overriding any of five hooks (identity by
+Every encoding is a ``PositionalEncoding`` module overriding any of six hooks (identity by
 default), so one attention implementation serves them all:
 
 - ``embed(x, positions)``       additive encodings, added to token embeddings [B, T, d_model]
@@ -11,6 +11,8 @@ default), so one attention implementation serves them all:
   features 2i, 2i + 1: RoFormer's and Meta's Llama layout), where a rotation is one complex
   multiply each way (``lib.models.copy_to_hf`` permutes the weights to transformers' layout)
 - ``attn_bias(t_q, t_k, ...)``  additive attention biases [H, t_q, t_k] (ALiBi)
+- ``score_bias(head, q_idx, kv_idx)``  the same bias as a function of positions (ALiBi), which
+  ``lib.encodings.flex`` adds inside the attention kernel without materialising it
 - ``block_hook(i, h)``          called after block ``i`` (state-carrying variants)
 
 This module holds ``ENCODINGS`` (a ``lib.core.Registry``), ``PositionalEncoding``, the rotary
@@ -79,6 +81,13 @@ class PositionalEncoding(nn.Module):
 
     def attn_bias(self, t_q: int, t_k: int, device, dtype) -> Tensor | None:
         return None
+
+    def score_bias(self, head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        """The additive logit bias as a function of (head, query position, key position), on
+        broadcastable integer tensors. An encoding whose bias is such a function overrides it,
+        and ``lib.encodings.bias_attention`` then adds it inside the attention kernel
+        (FlexAttention's ``score_mod``) instead of materialising [H, T, T]."""
+        raise NotImplementedError(f"{type(self).__name__} has no score bias")
 
     def block_hook(self, layer_idx: int, h: Tensor) -> Tensor:
         return h

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from lib.core import check_choice, check_int, check_int_array
 from lib.encodings.base import PositionalEncoding, RotaryEncoding
+from lib.encodings.flex import bias_attention, choose_bias_path, has_score_bias
 
 ORIGINAL_OFFSETS = (100, 1_000, 5_000, 10_000, 20_000, 50_000)  # the seed's collision probes
 
@@ -99,10 +100,23 @@ def convergent_denominators(x: Fraction, max_denominator: int) -> list[int]:
 
 # --- spectra ---------------------------------------------------------------------------------
 
-def wavelengths(encoding: RotaryEncoding | PositionalEncoding) -> np.ndarray:
-    """Wavelength (positions per full turn) of each pair: ``2 pi / |d angle / dn|`` (inf for 0)."""
+def wavelengths(encoding: RotaryEncoding | PositionalEncoding, seq_len: int | None = None) -> np.ndarray:
+    """Wavelength (positions per full turn) of each pair: ``2 pi / |d angle / dn|`` (inf for 0).
+
+    ``seq_len`` (rotary encodings with ``inverse_frequencies``): the frequencies used for a
+    sequence of that length, which differ from the short-sequence ones for length-dependent
+    encodings (dynamic NTK, LongRoPE). Otherwise read from the phasors of positions 0 and 1."""
     if not hasattr(encoding, "phasors"):
         raise ValueError(f"encoding {encoding.name!r} has no phasors")
+    if seq_len is not None and isinstance(encoding, RotaryEncoding):
+        seq_len = check_int("seq_len", seq_len, 1)
+        try:
+            inv = encoding.inverse_frequencies(seq_len).double().numpy()
+        except NotImplementedError:  # non-linear phases (the spirals): read the phasors below
+            inv = None
+        if inv is not None:
+            with np.errstate(divide="ignore"):
+                return np.where(inv > 0, 2 * np.pi / np.where(inv > 0, inv, 1.0), np.inf)
     z = encoding.phasors(np.array([0, 1]))
     step = np.abs(np.angle(z[1] * np.conj(z[0])))  # radians per position, folded to [0, pi]
     with np.errstate(divide="ignore"):
@@ -198,7 +212,9 @@ def attention_entropy_by_distance(attn: torch.Tensor, max_distance: int | None =
 
 def attention_forward(encoding: PositionalEncoding, seq_len: int, batch: int = 1, device: str = "cpu"):
     """A zero-argument closure running one causal attention forward (hooks + SDPA) on fixed
-    random inputs of ``seq_len`` tokens: the unit that ``attention_cost`` and the benchmark time."""
+    random inputs of ``seq_len`` tokens: the unit that ``attention_cost`` and the benchmark time.
+    A ``score_bias`` encoding (ALiBi) runs as the model runs it, through
+    ``lib.encodings.bias_attention`` (flex from ``FLEX_MIN_TOKENS_CPU`` tokens on CPU)."""
     seq_len = check_int("seq_len", seq_len, 1)
     h, d = encoding.n_heads, encoding.head_dim
     gen = torch.Generator().manual_seed(0)
@@ -210,6 +226,8 @@ def attention_forward(encoding: PositionalEncoding, seq_len: int, batch: int = 1
     def run():
         encoding.embed(x, pos)
         q2, k2 = encoding.rotate(q, k, pos)
+        if has_score_bias(encoding):
+            return bias_attention(q2, k2, v, encoding)
         bias = encoding.attn_bias(seq_len, seq_len, device, q.dtype)
         if bias is None:
             return F.scaled_dot_product_attention(q2, k2, v, is_causal=True)
@@ -222,7 +240,7 @@ def attention_forward(encoding: PositionalEncoding, seq_len: int, batch: int = 1
 def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, repeats: int = 5,
                    device: str = "cpu") -> dict:
     """Median seconds of one attention forward (``attention_forward``) and the encoding's extra
-    bytes (cached cos/sin tables or the bias matrix) at ``seq_len``."""
+    bytes (cached cos/sin tables or the bias matrix, where it is materialised) at ``seq_len``."""
     run = attention_forward(encoding, seq_len, batch, device)
     run()
     times = []
@@ -233,8 +251,9 @@ def attention_cost(encoding: PositionalEncoding, seq_len: int, batch: int = 1, r
     extra = 0
     if getattr(encoding, "_cache", None) is not None:
         extra += sum(t.numel() * t.element_size() for t in encoding._cache[2:])
-    bias = encoding.attn_bias(seq_len, seq_len, device, torch.float32)
-    if bias is not None:
+    kernel_bias = has_score_bias(encoding) and choose_bias_path(encoding, seq_len, device) != "materialised"
+    bias = None if kernel_bias else encoding.attn_bias(seq_len, seq_len, device, torch.float32)
+    if bias is not None:  # a bias the kernel adds itself is never materialised
         extra += bias.numel() * bias.element_size()
     return {"encoding": encoding.name, "seq_len": seq_len, "seconds": float(np.median(times)), "extra_bytes": extra}
 

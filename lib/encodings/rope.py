@@ -10,10 +10,12 @@ Registered name, class, and the transformers ``rope_type`` (or config key) it re
 - ``rope_dynamic``  ``DynamicNTKRoPE``    ``dynamic``
 - ``yarn``          ``YaRN``              ``yarn``
 - ``llama3``        ``Llama3RoPE``        ``llama3``
+- ``longrope``      ``LongRoPE``          ``longrope``
+- ``rope_proportional`` ``ProportionalRoPE`` ``proportional``
 
 Each variant defines ``inverse_frequencies(seq_len)`` (float32 [head_dim/2], computed with the
-operations of transformers' ``ROPE_INIT_FUNCTIONS``, against which the tests check them) and, for YaRN,
-``attention_scaling``; ``lib.encodings.base.RotaryEncoding`` turns them into cos/sin and
+operations of transformers' ``ROPE_INIT_FUNCTIONS``, against which the tests check them) and, for YaRN and
+LongRoPE, ``attention_scaling``; ``lib.encodings.base.RotaryEncoding`` turns them into cos/sin and
 rotations. ``original_max_seq_len`` (transformers' ``original_max_position_embeddings``)
 defaults to the model's ``max_seq_len``.
 """
@@ -237,3 +239,116 @@ class Llama3RoPE(RoPE):
         smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
         medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
         return torch.where(medium, smoothed, scaled)
+
+
+def _ntk_extension_factors(factor: float, pairs: int) -> list[float]:
+    """Per-pair divisors of the NTK-aware base change ``base * factor**(d / (d - 2))``:
+    pair i's frequency is divided by ``factor**(i / (pairs - 1))`` (1 for the fastest pair,
+    ``factor`` for the slowest); a single pair is divided by ``factor``."""
+    if pairs == 1:
+        return [float(factor)]
+    return [float(factor) ** (i / (pairs - 1)) for i in range(pairs)]
+
+
+def _check_factor_list(name: str, values, pairs: int) -> list[float]:
+    """A LongRoPE rescale list: ``pairs`` finite numbers > 0 (one divisor per rotated pair)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{name} must be a list of {pairs} numbers > 0, got {values!r}")
+    values = [check_number(f"{name}[{i}]", v, 0.0, strict_min=True) for i, v in enumerate(values)]
+    if len(values) != pairs:
+        raise ValueError(f"{name} must have {pairs} entries (rotated head dims / 2), got {len(values)}")
+    return values
+
+
+@ENCODINGS.register("longrope", set_name=True)
+class LongRoPE(RoPE):
+    """LongRoPE (Ding et al. 2024; Phi-3's ``longrope``): every rotated pair has its own
+    rescale factor, ``inv_freq_i = 1 / (lambda_i * base**(2i/d))``, with ``short_factor``
+    while the sequence is at most ``original_max_seq_len`` (``L0``) and ``long_factor`` beyond
+    it (chosen per call from its largest position, as transformers' ``longrope`` update).
+
+    ``factor`` (default ``max_seq_len / original_max_seq_len``, as transformers derives it from
+    ``max_position_embeddings``) sets the attention factor ``sqrt(1 + ln(factor) / ln(L0))``
+    (1 when ``factor <= 1``) unless ``attention_factor`` is given; cos and sin are scaled by it
+    at every length. LongRoPE finds its factors by evolutionary search; without them
+    ``short_factor`` defaults to ones (plain RoPE) and ``long_factor`` to the NTK-aware
+    divisors ``factor**(i / (pairs - 1))``, the NTK point of that search space.
+    ``rotary_fraction`` < 1 rotates the first pairs only (transformers' ``partial_rotary_factor``),
+    the rest have frequency 0. Same keys as transformers' ``longrope`` rope_parameters.
+    """
+
+    cache_ok = False
+
+    def __init__(self, *, short_factor=None, long_factor=None, factor: float | None = None,
+                 original_max_seq_len: int | None = None, attention_factor: float | None = None,
+                 rotary_fraction: float = 1.0, base: float = 10000.0, **dims):
+        self.rotary_fraction = check_number("rotary_fraction", rotary_fraction, 0.0, 1.0, strict_min=True)
+        head_dim = check_int("head_dim", dims.get("head_dim"), 1)
+        rotated = int(head_dim * self.rotary_fraction)
+        if rotated < 2 or rotated % 2:
+            raise ValueError(f"int(head_dim * rotary_fraction) must be an even integer >= 2, got {rotated}")
+        pairs = rotated // 2
+        self.original_max_seq_len = _original_length(original_max_seq_len, dims)
+        if factor is None:
+            factor = check_int("max_seq_len", dims.get("max_seq_len"), 1) / self.original_max_seq_len
+        self.factor = check_positive("factor", factor)
+        self.short_factor = _check_factor_list("short_factor", [1.0] * pairs if short_factor is None
+                                               else short_factor, pairs)
+        self.long_factor = _check_factor_list("long_factor", _ntk_extension_factors(max(self.factor, 1.0), pairs)
+                                              if long_factor is None else long_factor, pairs)
+        if attention_factor is None:
+            attention_factor = (1.0 if self.factor <= 1.0 else
+                                math.sqrt(1 + math.log(self.factor) / math.log(self.original_max_seq_len)))
+        self.attention_scaling = check_positive("attention_factor", attention_factor)
+        super().__init__(base=base, **dims)
+
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
+        long = seq_len is not None and seq_len > self.original_max_seq_len
+        ext = torch.tensor(self.long_factor if long else self.short_factor, dtype=torch.float32)
+        dim = self.rotary_dim()
+        shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        inv = 1.0 / (ext * self.base ** shape)
+        pad = self.head_dim // 2 - inv.numel()
+        return torch.cat((inv, torch.zeros(pad))) if pad else inv
+
+    def angles(self, positions: Tensor) -> Tensor:
+        # Short or long factors follow the call's length: RotaryEncoding.angles asks for the
+        # frequencies of each call, where RoPE.angles reads the fixed buffer.
+        return RotaryEncoding.angles(self, positions)
+
+    def extra_repr(self) -> str:
+        return f"base={self.base:g}, factor={self.factor:g}, original_max_seq_len={self.original_max_seq_len}"
+
+
+@ENCODINGS.register("rope_proportional", set_name=True)
+class ProportionalRoPE(RoPE):
+    """Proportional RoPE (transformers' ``proportional`` type; p-RoPE of Barbero et al. 2024):
+    only the ``floor(rotary_fraction * head_dim / 2)`` fastest pairs rotate, each at its
+    full-head RoPE frequency ``base**(-2i/head_dim)``; the slowest pairs have frequency 0 and
+    carry no position. All frequencies are divided by ``factor`` (1: none).
+
+    It differs from ``rope_partial``, which spreads a full RoPE spectrum over the rotated
+    dims: here the rotated pairs keep the frequencies they have in a full-width RoPE, so the
+    low frequencies (the ones that never turn within the training length) are removed.
+    """
+
+    def __init__(self, *, rotary_fraction: float = 0.5, factor: float = 1.0, base: float = 10000.0, **dims):
+        self.rotary_fraction = check_number("rotary_fraction", rotary_fraction, 0.0, 1.0, strict_min=True)
+        self.factor = _check_factor(factor)
+        head_dim = check_int("head_dim", dims.get("head_dim"), 1)
+        if int(self.rotary_fraction * head_dim // 2) < 1:
+            raise ValueError(f"rotary_fraction * head_dim / 2 must be >= 1 (at least one rotated pair), got "
+                             f"{self.rotary_fraction * head_dim / 2:g}")
+        super().__init__(base=base, **dims)
+
+    def inverse_frequencies(self, seq_len: int | None = None) -> Tensor:
+        angles = int(self.rotary_fraction * self.head_dim // 2)
+        exponent = torch.arange(0, 2 * angles, 2, dtype=torch.int64).float() / self.head_dim
+        inv = 1.0 / (self.base ** exponent)
+        nope = self.head_dim // 2 - angles
+        if nope > 0:
+            inv = torch.cat((inv, torch.zeros(nope, dtype=torch.float32)))
+        return inv / self.factor

@@ -4,7 +4,7 @@ its figures. Components live in the other packages; a recipe wires them for one 
 Notebooks import their recipe module by name (``from lib.experiments import moe_lr_study``), so
 each module keeps its own namespace (several have a ``summarize`` of their own results).
 
-- ``schedules_study``   notebook 01: the settings of its quick and full profiles
+- ``schedules_study``   notebook 01: the schedule training study (tuned LRs, paired seeds, WSD branching)
 - ``encodings_study``   notebook 02: long-context training and extrapolation, memory vs KV cache
 - ``scaling_study``     notebook 03: IsoFLOP sweeps trained for exactly their budgets
 - ``moe_lr_study``      notebook 04: Muon vs AdamW on an MoE model, warm-up and floor ablations

@@ -10,11 +10,21 @@ every overhead inside the clock. Arms:
   all predictors skip the backward pass on the same steps; the null predictor is the
   "skip the step" control.
 - ``rssm_gated``: the RSSM with the confidence gate as designed (threshold, length rule).
+- ``perweight``: ``lib.predictive.PerWeightPredictor``, per-weight jumps of ``jump`` steps
+  (at least 10) applied every ``jump + correct`` steps, from a small network shared by all
+  weights and trained online on the run's own snapshots (no forward checks on its no-op steps).
 - ``plain_matched``: plain training with as many real gradient steps as the forced arms
   and a schedule fitted to that budget (the compute-matched control).
 
-Speedup = plain's wall-clock to a fixed held-out target / the arm's, paired by seed; the
-target is plain's worst final held-out loss over seeds times (1 + ``target_slack``).
+Every arm is swept over the same peak-LR grid (``lrs``) with the same seeds and compared at its
+own best LR (lowest mean final held-out loss), so no baseline is handicapped by an LR tuned for
+another arm. Time to target is read off each run's evaluation curve by linear interpolation
+between the two evaluations that bracket the target (in steps and in wall-clock), so the
+evaluation interval does not quantise it. Every seed counts: a seed that never reaches the
+target is right-censored and medians are over all seeds (``lib.core.median_censored``).
+Speedup = plain's wall-clock to the held-out target / the arm's, per seed (0 for a censored
+seed), median over seeds; the target is plain's worst final held-out loss over seeds (at its
+best LR) times (1 + ``target_slack``).
 
 Every arm runs through ``lib.predictive.HybridTrainer`` (plain ones with no predictor), so
 all share one code path and one clock. An ``LMTask`` holds the run's ``lib.training.TrainConfig``
@@ -26,6 +36,7 @@ schedule. Intervals are ``lib.core.t_interval`` (Student-t over seeds).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -40,6 +51,8 @@ from lib.core import (
     check_int,
     check_positive,
     check_seed,
+    in_batch,
+    median_censored,
     pick_device,
     t_interval,
 )
@@ -55,20 +68,38 @@ from lib.predictive import (
     fit_coefficients,
     lr_ratio,
 )
+from lib.scaling import PlannedRun
 from lib.training import TrainConfig, default_optimizer, default_schedule, evaluate
 
-ARMS = ("plain", "null", "linear", "ema", "rssm", "rssm_gated", "plain_matched")
-# Held-out batches of 16 sequences in both profiles, whatever their training batch size.
+# The embedded synthetic corpus's vocabulary (``lib.data.synthetic_corpus``'s default), for
+# planning runs without building the corpus.
+_VOCAB = 256
+ARMS = ("plain", "null", "linear", "ema", "rssm", "rssm_gated", "perweight", "plain_matched")
+# Predictors of the horizon study: the registered ones plus the in-family oracle (the best
+# two-scalar coefficients per tensor in hindsight, a bound on every a*u + b*m predictor).
+HORIZON_PREDICTORS = ("null", "linear", "ema", "rssm", "perweight", "oracle")
+# Held-out batches of 16 sequences in both profiles, whatever their training batch size (the
+# smoke run of the full profile evaluates on smaller ones).
 EVAL_BATCH_SIZE = 16
 
 # Sizes of the notebook's and the benchmark's two profiles (``lib.core.profile_settings``).
-QUICK = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch_size=16, steps=160, lr=3e-3,
-             warmup_steps=32, full_steps=8, max_predict_steps=4, correct_steps=4, eval_every=16,
-             eval_batches=8, seeds=(0, 1, 2), horizon=6, anchor_every=16, train_tokens=200_000,
-             threads=1)
+# ``lr`` is the centre of the LR grid ``lrs`` every arm is swept over; ``jump`` / ``snapshot_every``
+# / ``history`` are the per-weight predictor's (its Predict phase is one jump of ``jump`` steps,
+# then ``jump`` real steps); ``workers`` processes share the runs (each single-threaded).
+QUICK = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch_size=16, steps=160, lr=6e-3,
+             lrs=(3e-3, 6e-3, 1.2e-2), warmup_steps=32, full_steps=8, max_predict_steps=4, correct_steps=4,
+             eval_every=8, eval_batches=8, seeds=(0, 1, 2), horizon=10, anchor_every=16, train_tokens=200_000,
+             jump=10, snapshot_every=5, history=4, eval_batch_size=EVAL_BATCH_SIZE, threads=1, workers=2)
 FULL = dict(d_model=256, n_layers=6, n_heads=8, seq_len=256, batch_size=32, steps=2000, lr=1e-3,
-            warmup_steps=200, full_steps=50, max_predict_steps=8, correct_steps=8, eval_every=100,
-            eval_batches=16, horizon=20, anchor_every=100, train_tokens=20_000_000, threads=None)
+            lrs=(5e-4, 1e-3, 2e-3), warmup_steps=200, full_steps=50, max_predict_steps=8, correct_steps=8,
+            eval_every=25, eval_batches=16, horizon=20, anchor_every=100, train_tokens=20_000_000,
+            jump=20, snapshot_every=10, history=4, threads=None, workers=1)
+# The full profile cut to a CPU smoke run: its model shapes, arms, LR grid ends and code paths,
+# 34 steps of one sequence, 2 seeds, phases short enough that every predictor (the per-weight
+# one's single jump included) gets to predict.
+SMOKE = dict(steps=34, batch_size=1, lrs=(5e-4, 2e-3), warmup_steps=10, full_steps=4, max_predict_steps=4,
+             correct_steps=4, eval_every=17, eval_batches=1, eval_batch_size=2, seeds=(0, 1), horizon=10,
+             anchor_every=10, train_tokens=200_000, jump=10, snapshot_every=2, history=2, workers=2)
 
 
 @dataclass
@@ -81,7 +112,9 @@ class LMTask:
     order; model seeds are per run) and ``device``. Its ``schedule`` stays None: each arm gets
     a warm-up + cosine schedule fitted to its own step budget. ``hybrid``: ``HybridConfig``
     phase settings of every predictor arm; ``gated``: what the gated arm changes; ``rssm``:
-    ``RSSMPredictor`` settings.
+    ``RSSMPredictor`` settings; ``perweight``: ``PerWeightPredictor`` settings (its arm's
+    Predict phase is one jump of ``jump`` steps followed by ``jump`` real steps, with no
+    forward checks: its other predicted steps add nothing).
     """
 
     data: object
@@ -91,6 +124,7 @@ class LMTask:
         warmup_steps=40, full_steps=10, max_predict_steps=4, correct_steps=4))
     gated: dict = field(default_factory=lambda: dict(confidence_threshold=0.5, min_predict_steps=2))
     rssm: dict = field(default_factory=dict)
+    perweight: dict = field(default_factory=lambda: dict(jump=10, every=5, history=4))
 
     def __post_init__(self):
         if not isinstance(self.train, TrainConfig):
@@ -98,7 +132,7 @@ class LMTask:
         check_int("train.eval_every", self.train.eval_every, 1)  # the protocol compares eval curves
         if self.train.schedule is not None:
             raise ValueError("train.schedule must be None: every arm fits a schedule to its own step budget")
-        for name in ("hybrid", "gated", "rssm"):
+        for name in ("hybrid", "gated", "rssm", "perweight"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a dict of settings, got {getattr(self, name)!r}")
         phase_settings = {f.name for f in fields(HybridConfig)} - {"train"}
@@ -106,8 +140,9 @@ class LMTask:
         if unknown:
             raise ValueError(f"hybrid / gated set {unknown}, which are not HybridConfig phase settings "
                              f"{sorted(phase_settings)} (steps and evaluation are train's)")
-        for arm in ("null", "rssm_gated"):  # fail here, not mid-protocol, on a bad phase setting
+        for arm in ("null", "rssm_gated", "perweight"):  # fail here, not mid-protocol, on a bad setting
             self.hybrid_config(arm, self.train.steps)
+        self.build_predictor("perweight", 0)
 
     @property
     def device(self) -> torch.device:
@@ -131,9 +166,15 @@ class LMTask:
         torch.manual_seed(check_seed("seed", seed))
         return Transformer(copy.deepcopy(self.model_config)).to(self.device)
 
-    def build_optimizer(self, model):
+    def build_optimizer(self, model, lr: float | None = None):
+        """AdamW at peak ``lr`` (default: ``train.lr``)."""
         t = self.train
-        return default_optimizer(model, t.lr, t.weight_decay, t.betas)
+        return default_optimizer(model, t.lr if lr is None else check_positive("lr", lr), t.weight_decay, t.betas)
+
+    def build_predictor(self, name: str, seed: int):
+        """The predictor ``name`` with this task's settings (None for plain training)."""
+        kwargs = {"rssm": dict(self.rssm, seed=seed), "perweight": dict(self.perweight, seed=seed)}.get(name, {})
+        return build_predictor(name, **kwargs)
 
     def hybrid_config(self, arm: str, steps: int) -> HybridConfig:
         """The ``HybridConfig`` of ``arm`` over ``steps`` optimizer steps: forced arms predict
@@ -143,6 +184,9 @@ class LMTask:
             kw.update(self.gated)
         elif arm not in ("plain", "plain_matched"):
             kw.update(confidence_threshold=0.0, predict_length="max")
+        if arm == "perweight":
+            jump = self.perweight.get("jump", 10)
+            kw.update(max_predict_steps=jump, min_predict_steps=1, correct_steps=jump, check_loss=False)
         return HybridConfig(train=replace(self.train, steps=steps), **kw)
 
 
@@ -155,47 +199,76 @@ def make_task(settings, device="cpu") -> LMTask:
     config = ModelConfig(vocab_size=data.vocab_size, d_model=s["d_model"], n_layers=s["n_layers"],
                          n_heads=s["n_heads"], max_seq_len=s["seq_len"])
     train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], seq_len=s["seq_len"], lr=s["lr"],
-                        eval_every=s["eval_every"], eval_batches=s["eval_batches"], eval_batch_size=EVAL_BATCH_SIZE,
+                        eval_every=s["eval_every"], eval_batches=s["eval_batches"],
+                        eval_batch_size=s.get("eval_batch_size", EVAL_BATCH_SIZE),
                         device=str(device))
     return LMTask(data, config, train,
-                  hybrid={k: s[k] for k in ("warmup_steps", "full_steps", "max_predict_steps", "correct_steps")})
+                  hybrid={k: s[k] for k in ("warmup_steps", "full_steps", "max_predict_steps", "correct_steps")},
+                  perweight=dict(jump=s["jump"], every=s["snapshot_every"], history=s["history"]))
 
 
-def forced_real_steps(task: LMTask) -> int:
-    """Real gradient steps of a forced-pattern hybrid run without divergence fallbacks."""
-    c = task.hybrid_config("null", task.train.steps)
-    real, step = min(c.warmup_steps + c.full_steps, c.total_steps), c.warmup_steps + c.full_steps
-    while step < c.total_steps:
-        step += min(c.max_predict_steps, c.total_steps - step)
-        n = min(c.correct_steps, max(c.total_steps - step, 0))
+def pattern_real_steps(steps: int, warmup: int, full: int, predict: int, correct: int) -> int:
+    """Real gradient steps of a forced phase pattern (``warmup`` + ``full`` real steps, then
+    cycles of ``predict`` predicted and ``correct`` real steps) over ``steps`` optimizer steps."""
+    real, step = min(warmup + full, steps), warmup + full
+    while step < steps:
+        step += min(predict, steps - step)
+        n = min(correct, max(steps - step, 0))
         real, step = real + n, step + n
     return real
 
 
-def run_arm(task: LMTask, arm: str, seed: int) -> HybridResult:
-    """One training run of ``arm`` (see ``ARMS``) with model seed ``seed``."""
+def forced_real_steps(task: LMTask, arm: str = "null") -> int:
+    """Real gradient steps of a forced-pattern hybrid run of ``arm`` without divergence fallbacks."""
+    c = task.hybrid_config(check_choice("arm", arm, ARMS), task.train.steps)
+    return pattern_real_steps(c.total_steps, c.warmup_steps, c.full_steps, c.max_predict_steps, c.correct_steps)
+
+
+def run_arm(task: LMTask, arm: str, seed: int, lr: float | None = None) -> HybridResult:
+    """One training run of ``arm`` (see ``ARMS``) with model seed ``seed`` at peak ``lr``
+    (default: the task's)."""
 
     check_choice("arm", arm, ARMS)
     steps = forced_real_steps(task) if arm == "plain_matched" else task.train.steps
     model = task.build_model(seed)
-    optimizer = task.build_optimizer(model)
+    optimizer = task.build_optimizer(model, lr)
     name = {"plain_matched": "plain", "rssm_gated": "rssm"}.get(arm, arm)
-    predictor = build_predictor(name, **(dict(task.rssm, seed=seed) if name == "rssm" else {}))
+    predictor = task.build_predictor(name, seed)
     sync = torch.cuda.synchronize if task.device.type == "cuda" else None
     trainer = HybridTrainer(model, optimizer, task.loss_fn(), task.hybrid_config(arm, steps),
                             predictor=predictor, schedule=default_schedule(steps),
                             eval_fn=task.eval_fn(), sync=sync)
     result = trainer.run()
     result.predictor = arm
+    result.extra["lr"] = float(task.train.lr if lr is None else lr)
     if predictor is not None and hasattr(predictor, "fit_seconds"):
         result.extra.update(fit_s=predictor.fit_seconds, predict_s=predictor.predict_seconds)
     return result
 
 
-def run_protocol(task: LMTask, arms=ARMS, seeds=(0, 1, 2), progress: bool = False) -> dict:
-    """All arms x seeds, interleaved per seed so machine noise hits every arm alike.
+_WORKER_TASK: LMTask | None = None
 
-    Returns {"results": {(arm, seed): HybridResult}, "evals": DataFrame, "history": DataFrame}.
+
+def _init_worker(task: LMTask, threads: int | None) -> None:
+    global _WORKER_TASK
+    _WORKER_TASK = task
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _run_in_worker(arm: str, seed: int, lr: float) -> HybridResult:
+    return run_arm(_WORKER_TASK, arm, seed, lr)
+
+
+def run_protocol(task: LMTask, arms=ARMS, seeds=(0, 1, 2), lrs: Sequence[float] | None = None,
+                 workers: int = 1, threads: int | None = 1, progress: bool = False) -> dict:
+    """All arms x peak LRs ``lrs`` (default: the task's one LR) x seeds, interleaved per seed so
+    machine noise hits every arm alike, each arm then taken at its own best LR.
+
+    ``workers > 1`` runs that many processes (spawned, ``threads`` each) that share the runs;
+    every run keeps its own clock. Returns {"results": {(arm, seed): HybridResult at the arm's
+    best LR}, "evals", "history" (DataFrames of those), "best_lr": {arm: lr}, "lr_table" (mean
+    and 95% CI of the final held-out loss per arm and LR), "all": {(arm, lr, seed): result}}.
     """
     bad = [a for a in arms if a not in ARMS]
     if bad:
@@ -203,38 +276,74 @@ def run_protocol(task: LMTask, arms=ARMS, seeds=(0, 1, 2), progress: bool = Fals
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) < 1:
         raise ValueError(f"seeds must be a non-empty sequence of seeds, got {seeds!r}")
     seeds = [check_seed(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
-    results, evals, history = {}, [], []
-    for seed in seeds:
-        for arm in arms:
+    lrs = [task.train.lr] if lrs is None else [check_positive(f"lrs[{i}]", v) for i, v in enumerate(lrs)]
+    if not lrs:
+        raise ValueError("lrs must hold at least one peak LR")
+    workers = check_int("workers", workers, 1)
+    jobs = [(arm, seed, lr) for seed in seeds for lr in lrs for arm in arms]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(task, threads)) as pool:
+            done = list(pool.map(_run_in_worker, *zip(*jobs)))
+    else:
+        done = []
+        for arm, seed, lr in jobs:
             t0 = time.perf_counter()
-            res = run_arm(task, arm, seed)
-            results[(arm, seed)] = res
-            evals.append(res.evals.assign(arm=arm, seed=seed))
-            history.append(res.history.assign(arm=arm, seed=seed))
+            done.append(run_arm(task, arm, seed, lr))
             if progress:
-                print(f"seed {seed} {arm:>13}: val {res.evals['val_loss'].iloc[-1]:.4f} "
+                res = done[-1]
+                print(f"seed {seed} lr {lr:g} {arm:>13}: val {res.evals['val_loss'].iloc[-1]:.4f} "
                       f"train {res.elapsed_s:.1f}s (total {time.perf_counter() - t0:.1f}s)")
-    return {"results": results, "evals": pd.concat(evals, ignore_index=True),
-            "history": pd.concat(history, ignore_index=True)}
+    everything = {(arm, lr, seed): res for (arm, seed, lr), res in zip(jobs, done)}
+    rows = [{"arm": arm, "lr": lr, "seed": seed, "final": res.evals["val_loss"].iloc[-1]}
+            for (arm, lr, seed), res in everything.items()]
+    finals = pd.DataFrame(rows)
+    lr_table = []
+    for (arm, lr), g in finals.groupby(["arm", "lr"], sort=False):
+        m, ci = t_interval(g["final"])
+        lr_table.append({"arm": arm, "lr": lr, "final_val_loss": m, "ci": ci, "seeds": len(g)})
+    lr_table = pd.DataFrame(lr_table)
+    best_lr = {arm: float(g.loc[g["final_val_loss"].idxmin(), "lr"]) for arm, g in lr_table.groupby("arm", sort=False)}
+    lr_table["best"] = [best_lr[a] == lr for a, lr in zip(lr_table["arm"], lr_table["lr"])]
+    lr_table["at_edge"] = [bool(lr in (min(lrs), max(lrs)) and len(lrs) > 1) for lr in lr_table["lr"]]
+    results = {(arm, seed): everything[(arm, best_lr[arm], seed)] for arm in arms for seed in seeds}
+    return {"results": results,
+            "evals": pd.concat([r.evals.assign(arm=a, seed=s) for (a, s), r in results.items()], ignore_index=True),
+            "history": pd.concat([r.history.assign(arm=a, seed=s) for (a, s), r in results.items()], ignore_index=True),
+            "best_lr": best_lr, "lr_table": lr_table, "all": everything}
 
 
-def _first_reach(evals: pd.DataFrame, target: float) -> tuple[float, float]:
-    hit = evals[evals["val_loss"] <= target]
-    if hit.empty:
+def time_to_target(evals: pd.DataFrame, target: float) -> tuple[float, float]:
+    """(step, wall_s) at which an evaluation curve first reaches ``target``, linearly
+    interpolated between the two evaluations that bracket it; (nan, nan) if it never does."""
+    loss = evals["val_loss"].to_numpy(dtype=float)
+    hit = np.flatnonzero(loss <= target)
+    if hit.size == 0:
         return float("nan"), float("nan")
-    row = hit.iloc[0]
-    return float(row["step"]), float(row["wall_s"])
+    i = int(hit[0])
+    step, wall = evals["step"].to_numpy(dtype=float), evals["wall_s"].to_numpy(dtype=float)
+    if i == 0 or loss[i - 1] == loss[i]:
+        return float(step[i]), float(wall[i])
+    frac = (loss[i - 1] - target) / (loss[i - 1] - loss[i])
+    return float(step[i - 1] + frac * (step[i] - step[i - 1])), float(wall[i - 1] + frac * (wall[i] - wall[i - 1]))
 
 
 def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 1.3) -> tuple[pd.DataFrame, float]:
-    """The speedup table (one row per arm) and the held-out target used.
+    """The speedup table (one row per arm, each at its best LR) and the held-out target used.
 
     Target = plain's worst final held-out loss over seeds x (1 + target_slack), so plain
-    reaches it in every seed. Speedups are paired per seed (plain's time to target / the
-    arm's); an arm that never reaches the target has no speedup. ``delta_vs_plain`` and
-    ``delta_vs_matched`` are paired per-seed differences of final loss (nats/token) against
-    ``plain`` and ``plain_matched`` (mean and 95% t half-width). ``meets_goal``: mean speedup
-    >= ``speedup_goal`` and mean final loss at most ``target_slack`` (relative) above plain's.
+    reaches it in every seed. Times to target are interpolated (``time_to_target``); every seed
+    counts: ``steps_to_target`` / ``wall_to_target_s`` are medians over all seeds with the
+    seeds that never reach the target right-censored (``lib.core.median_censored``: inf when
+    half or more never reach it), and ``censored`` counts those seeds. ``speedup_wall`` /
+    ``speedup_steps``: median over seeds of plain's time to target / the arm's, paired per
+    seed (0 for a censored seed). ``delta_vs_plain`` and ``delta_vs_matched`` are paired
+    per-seed differences of final loss (nats/token) against ``plain`` and ``plain_matched``
+    (mean and 95% t half-width). ``meets_goal``: median wall-clock speedup >= ``speedup_goal``
+    and mean final loss at most ``target_slack`` (relative) above plain's.
     """
     check_positive("target_slack", target_slack, allow_zero=True)
     check_positive("speedup_goal", speedup_goal)
@@ -243,6 +352,7 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
     seeds = sorted({s for _, s in results})
     if "plain" not in arms:
         raise ValueError("the protocol must include the 'plain' arm")
+    best_lr = protocol.get("best_lr", {})
     plain_final = np.mean([results[("plain", s)].evals["val_loss"].iloc[-1] for s in seeds])
     target = max(results[("plain", s)].evals["val_loss"].iloc[-1] for s in seeds) * (1 + target_slack)
     final_of = lambda arm, s: results[(arm, s)].evals["val_loss"].iloc[-1]
@@ -252,35 +362,37 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
                "share": [], "moved": [], "real": []}
         for s in seeds:
             r = results[(arm, s)]
-            step_to, wall_to = _first_reach(r.evals, target)
-            p_step, p_wall = _first_reach(results[("plain", s)].evals, target)
+            step_to, wall_to = time_to_target(r.evals, target)
+            p_step, p_wall = time_to_target(results[("plain", s)].evals, target)
+            reached = np.isfinite(wall_to)
             per["final"].append(r.evals["val_loss"].iloc[-1])
             per["wall"].append(r.elapsed_s)
             per["steps_to"].append(step_to)
             per["wall_to"].append(wall_to)
-            per["speedup"].append(p_wall / wall_to)
-            per["speedup_steps"].append(p_step / step_to)
+            per["speedup"].append(p_wall / wall_to if reached and wall_to > 0 else 0.0)
+            per["speedup_steps"].append(p_step / step_to if reached and step_to > 0 else 0.0)
             per["share"].append(r.predicted_share)
             pred = r.history[~r.history["backward"]]
             per["moved"].append(float((pred["update_norm"] > 0).mean()) if len(pred) else float("nan"))
             per["real"].append(int(r.history["real"].sum()))
+        reached = np.isfinite(per["wall_to"])
         final, final_ci = t_interval(per["final"])
-        speed, speed_ci = t_interval(per["speedup"])
         d_plain = t_interval([final_of(arm, s) - final_of("plain", s) for s in seeds])
         d_matched = (t_interval([final_of(arm, s) - final_of("plain_matched", s) for s in seeds])
                      if "plain_matched" in arms else (float("nan"), float("nan")))
+        speed = float(np.median(per["speedup"]))
         rows.append({
-            "arm": arm, "final_val_loss": final, "final_ci": final_ci,
+            "arm": arm, "lr": best_lr.get(arm, float("nan")), "final_val_loss": final, "final_ci": final_ci,
             "final_vs_plain": final / plain_final - 1,
             "delta_vs_plain": d_plain[0], "delta_vs_plain_ci": d_plain[1],
             "delta_vs_matched": d_matched[0], "delta_vs_matched_ci": d_matched[1], "train_wall_s": np.mean(per["wall"]),
             "real_steps": np.mean(per["real"]), "predicted_share": np.mean(per["share"]),
             "moved_on_predicted": np.nanmean(per["moved"]) if np.isfinite(per["moved"]).any() else float("nan"),
-            "seeds_reaching_target": int(np.isfinite(per["wall_to"]).sum()),
-            "steps_to_target": np.nanmean(per["steps_to"]) if np.isfinite(per["steps_to"]).any() else float("nan"),
-            "wall_to_target_s": np.nanmean(per["wall_to"]) if np.isfinite(per["wall_to"]).any() else float("nan"),
-            "speedup_wall": speed, "speedup_wall_ci": speed_ci,
-            "speedup_steps": t_interval(per["speedup_steps"])[0],
+            "seeds": len(seeds), "seeds_reaching_target": int(reached.sum()), "censored": int((~reached).sum()),
+            "steps_to_target": median_censored(np.nan_to_num(per["steps_to"], nan=0.0), reached),
+            "wall_to_target_s": median_censored(np.nan_to_num(per["wall_to"], nan=0.0), reached),
+            "speedup_wall": speed, "speedup_steps": float(np.median(per["speedup_steps"])),
+            "speedup_wall_min": float(np.min(per["speedup"])), "speedup_wall_max": float(np.max(per["speedup"])),
             "meets_goal": bool(speed >= speedup_goal and final / plain_final - 1 <= target_slack),
         })
     return pd.DataFrame(rows), float(target)
@@ -325,33 +437,39 @@ def memory_table(protocol: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), seed: int = 0,
-                  horizon: int = 8, anchor_every: int = 10, start: int | None = None) -> pd.DataFrame:
+def horizon_study(task: LMTask, predictors=HORIZON_PREDICTORS, seed: int = 0,
+                  horizon: int = 8, anchor_every: int = 10, start: int | None = None,
+                  lr: float | None = None) -> pd.DataFrame:
     """Prediction error and latency against horizon along one plain training run.
 
     At each anchor step every predictor rolls out ``horizon`` updates on a copy of the basis
     (weights untouched); then the real steps are taken and compared. Returns one row per
-    (predictor, anchor, k): ``step_error`` = ||pred_k - real_k|| / ||real_k||,
-    ``cum_error`` = ||sum pred - sum real|| / ||sum real|| over steps 1..k, and
-    ``latency_s`` (seconds to produce all k predictions of that rollout).
+    (predictor, anchor, k): ``step_error`` = ||pred_k - real_k|| / ||real_k|| (NaN for a jump
+    predictor, whose whole forecast lands at k = 1), ``cum_error`` = ||sum pred - sum real|| /
+    ||sum real|| over steps 1..k, and ``latency_s`` (seconds to produce all k predictions).
+
+    ``"oracle"`` is the in-family bound: at each k the best coefficients ``a, b`` per tensor in
+    hindsight (least squares of the real update on its own rolled-forward basis), so no
+    predictor of the form ``a u + b m`` can score below it.
     """
 
     horizon = check_int("horizon", horizon, 1)
     anchor_every = check_int("anchor_every", anchor_every, 1)
     check_seed("seed", seed)
     if "plain" in predictors:
-        raise ValueError("predictors must name predictors (lib.predictive.PREDICTORS); 'plain' has none")
+        raise ValueError("predictors must name predictors (lib.predictive.PREDICTORS) or 'oracle'; 'plain' has none")
     steps = task.train.steps
-    start = task.hybrid["warmup_steps"] + 20 if start is None else check_int("start", start, 0)
+    # Default: 20 steps after the warm-up, or as late as still leaves one whole rollout.
+    start = (max(min(task.hybrid["warmup_steps"] + 20, steps - horizon), 0) if start is None
+             else check_int("start", start, 0))
     model = task.build_model(seed)
-    optimizer = task.build_optimizer(model)
+    optimizer = task.build_optimizer(model, lr)
     schedule = default_schedule(steps)
     grad_clip = task.train.grad_clip
     peaks = [g["lr"] for g in optimizer.param_groups]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     basis = UpdateBasis(params)
-    preds = {name: build_predictor(name, **(dict(task.rssm, seed=seed) if name == "rssm" else {}))
-             for name in predictors}
+    preds = {name: task.build_predictor(name, seed) for name in predictors if name != "oracle"}
     for p in preds.values():
         p.bind(basis)
     loss_fn = task.loss_fn()
@@ -359,20 +477,25 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
     for step in range(steps):
         mult = schedule(step)
         if step >= start and (step - start) % anchor_every == 0 and step + horizon <= steps:
-            for name, p in preds.items():
-                if not p.ready:
+            for name in predictors:
+                p = preds.get(name)
+                if p is not None and not p.ready:
                     continue
                 shadow = basis.shadow()
                 t0 = time.perf_counter()
-                p.start_rollout([schedule(s) for s in range(step, step + horizon + 1)])
                 deltas = []
+                if p is not None:
+                    p.start_rollout([schedule(s) for s in range(step, step + horizon + 1)])
+                    for k in range(1, horizon + 1):
+                        d = p.next_update(shadow, k, lr_ratio(schedule, step + k - 1)).clone()
+                        shadow.absorb(d)
+                        deltas.append(d)
                 for k in range(1, horizon + 1):
-                    d = p.next_update(shadow, k, lr_ratio(schedule, step + k - 1)).clone()
-                    shadow.absorb(d)
-                    deltas.append(d)
                     rows.append({"predictor": name, "anchor": step, "k": k, "latency_s": time.perf_counter() - t0})
-                active.append({"name": name, "anchor": step, "deltas": deltas, "real_sum": torch.zeros_like(basis.u),
-                               "pred_sum": torch.zeros_like(basis.u), "rows": rows[-horizon:]})
+                active.append({"name": name, "anchor": step, "deltas": deltas, "shadow": shadow,
+                               "jump": bool(getattr(p, "jump_predictor", False)),
+                               "real_sum": torch.zeros_like(basis.u), "pred_sum": torch.zeros_like(basis.u),
+                               "rows": rows[-horizon:]})
         for g, peak in zip(optimizer.param_groups, peaks):
             g["lr"] = peak * mult
         basis.snapshot()
@@ -387,10 +510,21 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
         real = basis.u
         for a in list(active):
             k = step - a["anchor"] + 1
-            pred = a["deltas"][k - 1]
+            if a["name"] == "oracle":  # best a, b per tensor for this real update, in hindsight
+                sh = a["shadow"]
+                hind = {"dd": dots["dd"], "du": sh.segment_dot(real, sh.u).double().cpu().numpy(),
+                        "dm": sh.segment_dot(real, sh.m).double().cpu().numpy(),
+                        "uu": sh.segment_dot(sh.u, sh.u).double().cpu().numpy(),
+                        "um": sh.segment_dot(sh.u, sh.m).double().cpu().numpy(),
+                        "mm": sh.segment_dot(sh.m, sh.m).double().cpu().numpy()}
+                pred = sh.combine(fit_coefficients(hind))
+                sh.absorb(pred)
+            else:
+                pred = a["deltas"][k - 1]
             a["real_sum"] += real
             a["pred_sum"] += pred
-            a["rows"][k - 1].update(step_error=float((pred - real).norm() / real.norm()),
+            step_error = float("nan") if a["jump"] else float((pred - real).norm() / real.norm())
+            a["rows"][k - 1].update(step_error=step_error,
                                     cum_error=float((a["pred_sum"] - a["real_sum"]).norm() / a["real_sum"].norm()))
             if k == horizon:
                 active.remove(a)
@@ -401,6 +535,143 @@ def horizon_study(task: LMTask, predictors=("null", "linear", "ema", "rssm"), se
             if step >= task.hybrid["warmup_steps"]:
                 p.fit()
     return pd.DataFrame(rows, columns=["predictor", "anchor", "k", "latency_s", "step_error", "cum_error"])
+
+
+def horizon_table(study: pd.DataFrame) -> pd.DataFrame:
+    """Mean cumulative relative error (rows: horizon k, columns: predictor) of a
+    ``horizon_study``: how far each predictor's summed forecast is from the summed real updates."""
+    return study.groupby(["predictor", "k"])["cum_error"].mean().unstack(0)
+
+
+def planned_runs(settings) -> list[PlannedRun]:
+    """One ``lib.scaling.PlannedRun`` per training run of notebook 05 in a profile: every arm at
+    every LR and seed (the compute-matched arm on its real steps, the others on all their
+    steps' tokens, forward-checked predicted steps included), plus the horizon study's run."""
+    s = settings if isinstance(settings, Mapping) else vars(settings)
+    config = ModelConfig(vocab_size=_VOCAB, d_model=s["d_model"], n_layers=s["n_layers"], n_heads=s["n_heads"],
+                         max_seq_len=s["seq_len"])
+    tokens = s["batch_size"] * s["seq_len"]
+    task_steps = {"plain_matched": pattern_real_steps(s["steps"], s["warmup_steps"], s["full_steps"],
+                                                      s["max_predict_steps"], s["correct_steps"])}
+    runs = [PlannedRun(f"{arm}/lr{lr:g}/seed{seed}", config, task_steps.get(arm, s["steps"]) * tokens,
+                       seq_len=s["seq_len"], batch_size=s["batch_size"])
+            for seed in s["seeds"] for lr in s["lrs"] for arm in ARMS]
+    runs.append(PlannedRun("horizon study", config, s["steps"] * tokens, seq_len=s["seq_len"], batch_size=s["batch_size"]))
+    return runs
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return "not reached" if math.isinf(x) else f"{x:.{digits}f}"
+
+
+def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horizon: pd.DataFrame,
+               settings) -> str:
+    """Notebook 05's conclusion as Markdown from the quantities that are deterministic given the
+    seeds (losses, steps, censoring, prediction errors, best LRs): the speedup ``table`` and
+    ``target`` (``summarize``), the LR sweep (``protocol["lr_table"]``) and the cumulative-error
+    table of the horizon study (``horizon_table``). The wall-clock reading is ``timing_summary``."""
+    s = settings if isinstance(settings, Mapping) else vars(settings)
+    rows = table.set_index("arm")
+    plain = rows.loc["plain"]
+    at_edge = lr_table[lr_table["best"] & lr_table["at_edge"]]["arm"].tolist()
+    lines = [f"*Computed from this run ({s['profile']} profile{' (smoke)' if s.get('smoke') else ''}: "
+             f"{s['steps']} optimizer steps, {len(s['seeds'])} seeds, every arm swept over peak LRs "
+             f"{', '.join(f'{v:g}' for v in s['lrs'])}).*", ""]
+    best_bits = ", ".join(f"{a} {lr:g}" for a, lr in zip(table["arm"], table["lr"]))
+    lines.append(f"- **Tuned baselines.** Best peak LR per arm (lowest mean final loss over seeds): {best_bits}"
+                 + (f"; at the edge of the grid for {', '.join(at_edge)}, so those optima may lie outside it."
+                    if at_edge else "; every optimum is inside the grid."))
+    lines.append(f"- **Target** {target:.3f} nats/token (plain's worst final loss over seeds at its best LR, +1%); "
+                 f"plain reaches it at a median step of {_fmt(plain['steps_to_target'], 1)} "
+                 "(steps interpolated between evaluations).")
+    for arm, r in rows.iterrows():
+        if arm == "plain":
+            continue
+        lines.append(
+            f"  - `{arm}`: final {r['final_val_loss']:.3f} ± {_fmt(r['final_ci'], 3)}; paired vs plain "
+            f"{r['delta_vs_plain']:+.3f} ± {_fmt(r['delta_vs_plain_ci'], 3)}, vs the compute-matched control "
+            f"{r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}; {int(r['real_steps'])} real steps; "
+            f"target reached in {int(r['seeds_reaching_target'])} of {int(r['seeds'])} seeds "
+            f"({int(r['censored'])} censored), median step {_fmt(r['steps_to_target'], 1)}, median step speedup "
+            f"{r['speedup_steps']:.2f}x.")
+    k = int(horizon.index.max())
+    err = horizon.loc[k]
+    order = ", ".join(f"{name} {err[name]:.2f}" for name in err.sort_values().index)
+    lines.append(f"- **How predictable are the updates?** Relative error of the summed forecast over {k} steps "
+                 f"(1 = the null predictor): {order}. The in-family oracle (the best two coefficients per tensor "
+                 f"in hindsight) bounds every `a u + b m` predictor: none of them can get below "
+                 f"{err.get('oracle', float('nan')):.2f} at this horizon.")
+    lines.append("- **Caveats.** One synthetic corpus, small models, short runs; the wall-clock reading below "
+                 "depends on the machine and its load.")
+    return "\n".join(lines)
+
+
+def timing_summary(table: pd.DataFrame, costs: pd.DataFrame, speedup_goal: float = 1.3) -> str:
+    """The wall-clock reading of the protocol as Markdown (machine-dependent, so kept apart
+    from ``conclusion``): whether any arm meets the goal, each arm's median wall-clock speedup
+    to the target with its range over seeds, and the cost of its steps against a plain step."""
+    met = table.loc[table["meets_goal"], "arm"].tolist()
+    lines = ["**Goal (>= {:g}x wall-clock to the held-out target at no worse final loss): {}.**".format(
+        speedup_goal, "met by " + ", ".join(met) if met else "no arm gets there"), ""]
+    c = costs.set_index("arm")
+    for _, r in table.iterrows():
+        if r["arm"] == "plain":
+            continue
+        cost = c.loc[r["arm"], "real_over_plain"] if r["arm"] in c.index else float("nan")
+        pred = c.loc[r["arm"], "predicted_over_plain"] if r["arm"] in c.index and "predicted_over_plain" in c else float("nan")
+        lines.append(f"- `{r['arm']}`: median wall-clock speedup {r['speedup_wall']:.2f}x (seeds "
+                     f"{r['speedup_wall_min']:.2f}-{r['speedup_wall_max']:.2f}x; a censored seed counts as 0); "
+                     f"a real step costs {_fmt(cost)}x a plain one, a predicted step {_fmt(pred)}x.")
+    return "\n".join(lines)
+
+
+def explorer(table: pd.DataFrame, study: pd.DataFrame, predictor: str = "linear"):
+    """Predictor and horizon -> its measured prediction error (step and cumulative, from the
+    horizon study) and its arm's time to target (from the protocol table). Live ipywidgets in
+    JupyterLab (displayed here and returned); in batch (``lib.core.in_batch``) the static
+    figure of ``predictor`` (returned; the notebook's inline backend shows it)."""
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(study["predictor"]))
+    check_choice("predictor", predictor, tuple(names))
+    horizons = sorted(set(int(k) for k in study["k"]))
+    rows = table.set_index("arm")
+
+    def draw(predictor=predictor, horizon=horizons[-1]):
+        g = study[study["predictor"] == predictor].groupby("k")[["step_error", "cum_error"]].mean()
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        ax.plot(g.index, g["cum_error"], marker="o", label="cumulative error")
+        if g["step_error"].notna().any():
+            ax.plot(g.index, g["step_error"], marker="s", label="per-step error")
+        ax.axhline(1.0, color="k", ls=":", lw=0.8)
+        ax.axvline(horizon, color="tab:red", lw=0.8)
+        cum = g["cum_error"].get(horizon, float("nan"))
+        text = f"{predictor}: cumulative error at k={horizon}: {cum:.2f}"
+        if predictor in rows.index:
+            r = rows.loc[predictor]
+            text += (f"; target in {int(r['seeds_reaching_target'])}/{int(r['seeds'])} seeds, median "
+                     f"{_fmt(r['wall_to_target_s'])} s, speedup {r['speedup_wall']:.2f}x")
+        ax.set(xlabel="horizon k (steps)", ylabel="relative error (1 = null)")
+        ax.set_title(text, fontsize=8)
+        ax.legend(fontsize=8)
+        return fig
+
+    if in_batch():
+        return draw()
+    import ipywidgets as widgets
+
+    def show(predictor, horizon):
+        plt.show(draw(predictor, horizon))
+
+    from IPython.display import display
+
+    widget = widgets.interactive(show, predictor=widgets.Dropdown(options=names, value=predictor, description="predictor"),
+                                 horizon=widgets.SelectionSlider(options=horizons, value=horizons[-1],
+                                                                 description="horizon"))
+    display(widget)
+    return widget
 
 
 # --------------------------------------------------------------------------- figures

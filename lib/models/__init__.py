@@ -1,9 +1,19 @@
-"""The decoder-only transformer, its Mixture-of-Experts layer and output loss, and the
-interop with transformers (conversion, tiny reference models, loading local weights).
+"""The decoder-only transformer, its Mixture-of-Experts layer and output loss, the measured
+choice between equivalent kernels (``dispatch``), and the interop with transformers
+(conversion, tiny reference models, loading local weights).
 """
 
 from __future__ import annotations
 
+from lib.models.dispatch import (
+    CACHE_ENV,
+    cached_choice,
+    clear_dispatch_choices,
+    dispatch_choices,
+    fastest,
+    measured_choice_allowed,
+    time_candidates,
+)
 from lib.models.hf import (
     HF_ARCHS,
     best_hf_attention,
@@ -35,6 +45,7 @@ from lib.models.transformer import (
     CHUNKED_LOSS_MIN_LOGITS,
     LOSS_IMPLS,
     MLPS,
+    PROJECTION_IMPLS,
     SPLIT_PROJECTION_MIN_TOKENS,
     Attention,
     Block,
@@ -54,6 +65,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "SPLIT_PROJECTION_MIN_TOKENS",
+    "PROJECTION_IMPLS",
     "split_projection",
     "RMSNorm",
     "SwiGLU",
@@ -70,6 +82,13 @@ __all__ = [
     "moe_layers",
     "routing_summary",
     "to_hf_mixtral_block",
+    "CACHE_ENV",
+    "fastest",
+    "time_candidates",
+    "cached_choice",
+    "dispatch_choices",
+    "clear_dispatch_choices",
+    "measured_choice_allowed",
     "IGNORE_INDEX",
     "CHUNK_ELEMENTS",
     "chunk_rows",

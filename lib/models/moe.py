@@ -29,17 +29,22 @@ numbers up to float summation order (tested, forward and gradients):
 
 - ``"grouped"``: sort the ``N k`` (token, expert) slots by expert and run one
   ``torch._grouped_mm`` per projection (CPU kernel from torch 2.9; fp32/bf16/fp16; offsets
-  int32). The default ("auto") on CUDA, and on CPU when routing is unbalanced.
+  int32).
 - ``"padded"``: slots gathered straight from the tokens into an [E, C, d] buffer (C = the
   busiest expert's slot count; a slot's row is its rank among its expert's slots, a cumulative
   count, so no sort) and one ``torch.bmm`` per projection; each token's k outputs come back as
   adjacent rows and are mixed by a weighted sum (no scatter). On CPU, where ``_grouped_mm`` is a
-  loop of one matmul per expert, this is faster for balanced routing and wastes
-  ``E C / (N k) - 1`` of the FLOPs on unused rows; "auto" picks it on CPU while that waste is at
-  most ``PAD_SLACK`` (25%), grouped otherwise.
+  loop of one matmul per expert, this is often faster for balanced routing and wastes
+  ``E C / (N k) - 1`` of the FLOPs on unused rows.
 - ``"sorted"``: the slots sorted as for "grouped", then a Python loop of per-expert matmuls.
 - ``"dense"``: every expert on every token, combined with a dense [N, E] weight matrix.
   A reference only: E/k times the FLOPs.
+
+``"auto"`` takes grouped (sorted without ``_grouped_mm``) when padding would waste more than
+``PAD_SLACK`` (25%) of the routed rows, and otherwise the faster of padded and grouped as
+measured once per device and shape on the layer's own tokens (``lib.models.dispatch``: cached
+in-process, and on disk with ``$WORKBENCH_DISPATCH_CACHE``). Under ``torch.compile`` or
+deterministic mode it times nothing: padded on CPU, grouped on CUDA.
 
 Expert weights are 3-D parameters ``w_gate``/``w_up`` [E, d_ff, d_model] and ``w_down``
 [E, d_model, d_ff] (the layout transformers' Mixtral uses, fused there as ``gate_up_proj``),
@@ -54,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lib.core import check_bool, check_choice, check_int, check_positive
+from lib.models.dispatch import cached_choice, choose, measured_choice_allowed
 
 DISPATCH = ("auto", "grouped", "padded", "sorted", "dense")
 # "auto" on CPU pads experts to the busiest one's row count when that wastes at most this share
@@ -117,8 +123,9 @@ class MoEFeedForward(nn.Module):
         aux_free_bias: DeepSeek-V3 aux-loss-free balancing via a selection-only bias.
         bias_update_rate: step size of that bias per training forward (probability units).
         shared_expert: add a dense SwiGLU expert every token goes through.
-        dispatch: "auto" (CPU: padded for balanced routing, else grouped; CUDA: grouped),
-            "grouped", "padded", "sorted", "dense" (see the module docstring).
+        dispatch: "auto" (the faster of padded and grouped, measured once per device and
+            shape; grouped when padding wastes over ``PAD_SLACK``), "grouped", "padded",
+            "sorted", "dense" (see the module docstring).
         init_std: std of the normal init of all matrices (``lib.models`` re-initialises anyway).
 
     After each forward: ``aux_loss`` (0-d tensor, already weighted) and ``last_stats``:
@@ -244,19 +251,71 @@ class MoEFeedForward(nn.Module):
         out = torch.einsum("enf,edf->end", act, self.w_down)
         return torch.einsum("end,ne->nd", out, mix.to(out.dtype))
 
-    def _resolve_dispatch(self, h: Tensor, counts: Tensor) -> tuple[str, int]:
-        """The dispatch path for this forward and, for "padded", the rows per expert."""
+    def _resolve_dispatch(self, h: Tensor, flat: Tensor, weights: Tensor, counts: Tensor) -> tuple[str, int]:
+        """The dispatch path for this forward and, for "padded", the rows per expert.
+
+        "auto": grouped (sorted where ``_grouped_mm`` is missing) when padding would waste more
+        than ``PAD_SLACK`` of the routed rows; otherwise the faster of padded and grouped, as
+        measured once per device and shape (``lib.models.dispatch.fastest``, on this forward's
+        tokens and routing, forward and backward for a training forward). Where nothing may be
+        timed (``lib.models.dispatch.choose``: deterministic mode, compile, a dispatch mode
+        without a cached choice) CPU takes padded, CUDA grouped (the static rule)."""
         mode = self.dispatch
-        if mode == "grouped" and not grouped_mm_available(h.device, self.w_gate.dtype):
+        unpadded = "grouped" if grouped_mm_available(h.device, self.w_gate.dtype) else "sorted"
+        if mode == "grouped" and unpadded != "grouped":
             raise ValueError(f"dispatch='grouped' needs torch._grouped_mm for {h.device.type}/"
                              f"{self.w_gate.dtype}; use 'auto' or 'sorted'")
-        if mode == "auto":
-            if h.device.type == "cpu":  # reading the busiest expert's count costs no sync here
-                rows = int(counts.max())
-                if self.n_experts * rows <= (1 + PAD_SLACK) * h.shape[0] * self.top_k:
-                    return "padded", rows
-            return ("grouped" if grouped_mm_available(h.device, self.w_gate.dtype) else "sorted"), 0
-        return mode, int(counts.max()) if mode == "padded" else 0
+        if mode != "auto":
+            return mode, int(counts.max()) if mode == "padded" else 0
+        grad = torch.is_grad_enabled() and (h.requires_grad or self.w_gate.requires_grad)
+        key = ("moe", str(h.device), str(self.w_gate.dtype), h.shape[0], self.d_model, self.d_ff,
+               self.n_experts, self.top_k, "train" if grad else "eval")
+        static = "padded" if h.device.type == "cpu" else unpadded
+        if h.device.type != "cpu":  # skip the host sync for the busiest count where grouped is known
+            cached = cached_choice(key)
+            if cached == unpadded or (cached is None and not measured_choice_allowed()):
+                return unpadded, 0
+        rows = int(counts.max())  # on CPU reading it costs no sync
+        if self.n_experts * rows > (1 + PAD_SLACK) * h.shape[0] * self.top_k:
+            return unpadded, 0
+        choice = choose(key, lambda: self._timed_paths(h, flat, weights, counts, ("padded", unpadded), grad),
+                        static, h.device)
+        return choice, rows if choice == "padded" else 0
+
+    def _timed_paths(self, h, flat, weights, counts, modes, grad):
+        """Zero-argument callables running each dispatch path on detached copies of this
+        forward's tokens and routing (forward, and backward by ``autograd.grad`` when ``grad``,
+        so no parameter's ``.grad`` is touched)."""
+        h0, w0 = h.detach().requires_grad_(grad), weights.detach()
+        params = [p for p in (self.w_gate, self.w_up, self.w_down) if p.requires_grad] if grad else []
+        grad_out = torch.randn(h.shape, device=h.device, dtype=h.dtype) if grad else None
+
+        def run(mode):
+            def fn():
+                rows = int(counts.max()) if mode == "padded" else 0
+                out = self._experts_out(mode, h0, flat, w0, counts, rows)
+                if grad:
+                    torch.autograd.grad(out, [h0, *params], grad_out)
+            return fn
+
+        return {mode: run(mode) for mode in modes}
+
+    def _experts_out(self, mode: str, h: Tensor, flat: Tensor, weights: Tensor, counts: Tensor,
+                     rows_per_expert: int) -> Tensor:
+        """The routed experts' mixed output [N, d] by dispatch path ``mode`` (not "auto")."""
+        if mode == "dense":
+            return self._experts_dense(h, flat.view(weights.shape), weights)
+        if mode == "padded":
+            return self._padded(h, flat, weights, rows_per_expert)
+        # Slots sorted by expert; slot s belongs to token s // k. Gather rows with
+        # index_select and scatter the weighted expert outputs back with index_add (their
+        # backward passes are each other: no [N k, d] permutation in either direction).
+        order = torch.argsort(flat, stable=True)
+        token = order.div(self.top_k, rounding_mode="floor")
+        xs = h.index_select(0, token)
+        ys = self._experts_sorted(xs, counts, grouped=mode == "grouped")
+        ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
+        return ys.new_zeros(h.shape[0], self.d_model).index_add_(0, token, ys)
 
     # ------------------------------------------------------------------ forward
 
@@ -265,26 +324,12 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
         shape = x.shape
         h = x.reshape(-1, self.d_model)
-        n = h.shape[0]
         logits, probs, experts, weights = self.route(h)
         flat = experts.reshape(-1)                                        # [N k] slot -> expert
         counts = torch.bincount(flat, minlength=self.n_experts)
-        mode, rows_per_expert = self._resolve_dispatch(h, counts)
+        mode, rows_per_expert = self._resolve_dispatch(h, flat, weights, counts)
         self.last_dispatch = mode
-        if mode == "dense":
-            out = self._experts_dense(h, experts, weights)
-        elif mode == "padded":
-            out = self._padded(h, flat, weights, rows_per_expert)
-        else:
-            # Slots sorted by expert; slot s belongs to token s // k. Gather rows with
-            # index_select and scatter the weighted expert outputs back with index_add (their
-            # backward passes are each other: no [N k, d] permutation in either direction).
-            order = torch.argsort(flat, stable=True)
-            token = order.div(self.top_k, rounding_mode="floor")
-            xs = h.index_select(0, token)
-            ys = self._experts_sorted(xs, counts, grouped=mode == "grouped")
-            ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
-            out = ys.new_zeros(n, self.d_model).index_add_(0, token, ys)
+        out = self._experts_out(mode, h, flat, weights, counts, rows_per_expert)
         if self.shared_expert:
             act = F.silu(h @ self.shared_w_gate.t()) * (h @ self.shared_w_up.t())
             out = out + act @ self.shared_w_down.t()

@@ -4,7 +4,10 @@ nanoGPT-sized and readable: pre-norm blocks (RMSNorm), causal self-attention thr
 ``torch.nn.functional.scaled_dot_product_attention`` (flash-attn on CUDA when installed and
 asked for), SwiGLU MLPs (or a Mixture-of-Experts layer from ``lib.models.moe``), optional tied
 embeddings. The positional encoding is a ``lib.encodings.PositionalEncoding`` chosen by name,
-so RoPE, ALiBi, additive and state-carrying encodings share one attention implementation.
+so RoPE, ALiBi, additive and state-carrying encodings share one attention implementation. A bias
+that is a function of positions (ALiBi's ``score_bias``) is added inside the kernel where that
+pays (``lib.encodings.bias_attention``: FlexAttention, or flash-attn's ``alibi_slopes``), and
+materialised as [H, T, T] otherwise (short CPU lengths, dropout, eager attention).
 
 The same shapes build as transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``
 (``to_hf``) and weights copy across exactly (``copy_to_hf``), so results can be checked
@@ -32,9 +35,14 @@ from lib.core import (
 )
 from lib.encodings import (
     PositionalEncoding,
+    bias_attention,
     build_encoding,
+    choose_bias_path,
+    has_score_bias,
     interleave_pairs,
+    load_flash_attn,
 )
+from lib.models.dispatch import choose
 from lib.models.losses import linear_cross_entropy
 from lib.models.moe import MoEFeedForward
 
@@ -54,6 +62,11 @@ class ModelConfig:
 
     ``d_ff`` is the SwiGLU hidden width; by default 8/3 * d_model rounded up to a multiple
     of 64 (Llama's convention, which keeps the MLP at ~8 d_model^2 parameters).
+
+    ``max_seq_len`` is the training context: ``lib.training.train`` refuses a longer
+    ``seq_len``, while a forward accepts longer inputs (length-extrapolation evaluations).
+    Token ids must lie in ``[0, vocab_size)``; ``train`` checks its first batches (a per-forward
+    check would synchronise the GPU every step).
 
     ``loss_impl`` is how a forward with targets computes the language-model loss: "full"
     materialises the [tokens, vocab] logits and calls ``F.cross_entropy``; "chunked" uses
@@ -119,20 +132,50 @@ class ModelOutput:
 
 
 # A fused projection (QKV, gate-up) is one GEMM forward, but its output gradient is assembled by
-# a concatenation in backward and its pieces are strided views. On CPU from ~1024 tokens per
-# forward that copy costs more than the launches it saves, so the pieces are computed by one GEMM
-# each on the weight's row blocks (the parameter stays fused). Measured (benchmarks/bench_models.py
-# shapes, paired A/B): 1.04x at 1024 tokens, 1.08x at 2048 (d=64); neutral at 512, where per-op
-# overhead dominates. CUDA keeps the fused GEMM (unmeasured here: no GPU).
+# a concatenation in backward and its pieces are strided views. Where that copy costs more than
+# the launches it saves, the pieces are computed by one GEMM each on the weight's row blocks (the
+# parameter stays fused). Which one is faster depends on the shape and the machine, so "auto"
+# times both once per device and shape (lib.models.dispatch.fastest, forward and backward for a
+# training forward). Where nothing may be timed (torch.compile, deterministic mode) the static
+# rule measured on the 2-core CPU applies: split on CPU from SPLIT_PROJECTION_MIN_TOKENS tokens
+# (1.04x at 1024 tokens, 1.08x at 2048, d=64; neutral at 512), fused otherwise.
 SPLIT_PROJECTION_MIN_TOKENS = 1024
+PROJECTION_IMPLS = ("auto", "fused", "split")
 
 
-def split_projection(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """``linear(x).split(sizes, dim=-1)`` (a bias-free ``linear``), computed per piece on CPU at
-    ``SPLIT_PROJECTION_MIN_TOKENS`` tokens or more (same values; see the note above)."""
-    if x.device.type == "cpu" and x.shape[:-1].numel() >= SPLIT_PROJECTION_MIN_TOKENS:
+def split_projection(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...], impl: str = "auto") -> tuple[Tensor, ...]:
+    """``linear(x).split(sizes, dim=-1)`` (a bias-free ``linear``), by one fused GEMM
+    (``impl="fused"``), one GEMM per piece (``"split"``, the same values), or the faster of the
+    two for this device and shape (``"auto"``; see the note above)."""
+    if impl == "auto":
+        impl = _projection_impl(x, linear, sizes)
+    elif impl not in PROJECTION_IMPLS:
+        check_choice("impl", impl, PROJECTION_IMPLS)
+    if impl == "split":
         return tuple(F.linear(x, w) for w in linear.weight.split(sizes, dim=0))
     return linear(x).split(sizes, dim=-1)
+
+
+def _projection_impl(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...]) -> str:
+    tokens = x.shape[:-1].numel()
+    static = "split" if x.device.type == "cpu" and tokens >= SPLIT_PROJECTION_MIN_TOKENS else "fused"
+    grad = torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad)
+    key = ("proj", str(x.device), str(x.dtype), tokens, x.shape[-1], tuple(sizes), "train" if grad else "eval")
+
+    def candidates():
+        x0 = x.detach().reshape(tokens, x.shape[-1]).requires_grad_(grad)
+        grads = [torch.randn(tokens, n, device=x.device, dtype=x.dtype) for n in sizes] if grad else None
+
+        def run(impl):
+            def fn():
+                pieces = split_projection(x0, linear, sizes, impl)
+                if grad:  # autograd.grad: no parameter's .grad is touched
+                    torch.autograd.grad(pieces, [x0, linear.weight] if linear.weight.requires_grad else [x0], grads)
+            return fn
+
+        return {"fused": run("fused"), "split": run("split")}
+
+    return choose(key, candidates, static, x.device)
 
 
 class RMSNorm(nn.RMSNorm):
@@ -187,15 +230,6 @@ def _build_moe(config: ModelConfig) -> nn.Module:
     return MoEFeedForward(d_model=config.d_model, d_ff=config.d_ff, **config.moe)
 
 
-def load_flash_attn():
-    """flash-attn's ``flash_attn_func`` where the package is installed, else None."""
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    return flash_attn_func
-
-
 class Attention(nn.Module):
     """Causal multi-head (grouped-query) self-attention with rotary/bias encoding hooks."""
 
@@ -228,6 +262,9 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.capture or self.attn_impl == "eager":
             y = self._eager(q, k, v, bias, p)
+        elif bias is None and has_score_bias(self.encoding):
+            # The model left the bias to the kernel (lib.encodings.flex: flex or flash-attn ALiBi).
+            y = bias_attention(q, k, v, self.encoding, dropout_p=p, flash=self.attn_impl == "flash")
         elif self.attn_impl == "flash" and bias is None and q.is_cuda and (fa := load_flash_attn()):
             # flash-attn wants [B, T, H, D] in half precision.
             dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
@@ -330,7 +367,7 @@ class Transformer(nn.Module):
         b, t = idx.shape
         positions = torch.arange(t, device=idx.device)
         x = self.drop(self.encoding.embed(self.embed(idx), positions))
-        bias = self.encoding.attn_bias(t, t, idx.device, x.dtype)
+        bias = None if self._kernel_bias(t, idx.device) else self.encoding.attn_bias(t, t, idx.device, x.dtype)
         if bias is not None:
             bias = bias + _causal_mask(t, idx.device, bias.dtype)
         hooked = type(self.encoding).block_hook is not PositionalEncoding.block_hook
@@ -354,6 +391,15 @@ class Transformer(nn.Module):
         aux = self._aux_losses()  # None for a dense model: no add (and autograd node) for a zero
         return ModelOutput(logits=logits, loss=lm_loss if aux is None else lm_loss + aux, lm_loss=lm_loss,
                            aux_loss=torch.zeros((), device=h.device) if aux is None else aux)
+
+    def _kernel_bias(self, t: int, device) -> bool:
+        """Whether the attention kernel adds the encoding's bias itself (``score_bias`` through
+        flex or flash-attn, ``lib.encodings.choose_bias_path``) rather than a materialised one."""
+        c = self.config
+        if not has_score_bias(self.encoding) or c.attn_impl == "eager" or any(b.attn.capture for b in self.blocks):
+            return False
+        p = c.dropout if self.training else 0.0
+        return choose_bias_path(self.encoding, t, device, dropout_p=p, flash=c.attn_impl == "flash") != "materialised"
 
     def _chunked_loss(self, targets: Tensor) -> bool:
         impl = self.config.loss_impl

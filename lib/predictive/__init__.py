@@ -5,6 +5,8 @@ and the update dynamics and predictors it uses.
                 ``lib.training.TrainConfig``) and ``HybridResult``, ``memory_overhead``
 - ``dynamics``  ``UpdateBasis`` and its algebra, the ``Predictor`` protocol, the predictors
                 and their registry (``PREDICTORS``, ``build_predictor``), the ``RSSM``
+- ``perweight`` ``PerWeightPredictor`` (registered as ``"perweight"``): per-weight jumps of
+                10+ steps from a small shared network trained online on the run's snapshots
 
 The validation protocol and its figures are notebook 05's recipe,
 ``lib.experiments.predictive_study``.
@@ -29,6 +31,7 @@ from lib.predictive.dynamics import (
     kl_gaussian,
     relative_residual,
 )
+from lib.predictive.perweight import PerWeightNet, PerWeightPredictor
 from lib.predictive.trainer import (
     MAX_LR_RATIO,
     PHASES,
@@ -56,6 +59,8 @@ __all__ = [
     "kl_gaussian",
     "RSSM",
     "RSSMPredictor",
+    "PerWeightNet",
+    "PerWeightPredictor",
     "PHASES",
     "PREDICT_LENGTHS",
     "MAX_LR_RATIO",

@@ -8,13 +8,37 @@ scaling-law fits (N parameters, D tokens, C FLOPs, loss in nats/token).
   throughput, IsoFLOP plans (``plan_sweep``) and their run configs (``sweep_configs``);
 - ``lib.scaling.fit``: Chinchilla's Approach 3 (``fit_parametric``, ``ParametricFit``, the
   closed-form ``optimal_allocation`` and ``chinchilla_table``) and Approach 2
-  (``fit_isoflop``, ``IsoFLOPFit``), with the published parameters they are checked against.
+  (``fit_isoflop``, ``IsoFLOPFit``), with the published parameters they are checked against;
+- ``lib.scaling.bootstrap``: Approach-2 intervals that include the seed noise
+  (``isoflop_bootstrap``, a parametric bootstrap from the sweep's measured noise);
+- ``lib.scaling.envelope``: Approach 1, the lower envelope of the training curves
+  (``fit_envelope``, ``EnvelopeFit``), and the held-out-budget ``extrapolation_check``;
+- ``lib.scaling.cost``: what a notebook's planned runs (``PlannedRun``) will cost on this
+  device (``estimate_cost``, a ``CostEstimate``) and the outer-limit check (``check_budget``).
 
 Training a plan's runs is ``lib.experiments.scaling_study``.
 """
 
 from __future__ import annotations
 
+from lib.scaling.bootstrap import (
+    NOISE_SOURCES,
+    IsoFLOPBootstrap,
+    isoflop_bootstrap,
+)
+from lib.scaling.cost import (
+    LIMIT_HOURS,
+    CostEstimate,
+    PlannedRun,
+    check_budget,
+    estimate_cost,
+    run_flops_per_token,
+)
+from lib.scaling.envelope import (
+    EnvelopeFit,
+    extrapolation_check,
+    fit_envelope,
+)
 from lib.scaling.fit import (
     EPOCH_2024,
     HOFFMANN_2022,
@@ -42,6 +66,7 @@ from lib.scaling.flops import (
     flops_breakdown,
 )
 from lib.scaling.planning import (
+    lr_for_widths,
     measure_training_throughput,
     plan_sweep,
     real_num_params,
@@ -62,6 +87,7 @@ __all__ = [
     "measure_training_throughput",
     "plan_sweep",
     "sweep_configs",
+    "lr_for_widths",
     "HUBER_DELTA",
     "HOFFMANN_2022",
     "EPOCH_2024",
@@ -77,4 +103,16 @@ __all__ = [
     "fit_parabola",
     "IsoFLOPFit",
     "fit_isoflop",
+    "LIMIT_HOURS",
+    "PlannedRun",
+    "CostEstimate",
+    "run_flops_per_token",
+    "estimate_cost",
+    "check_budget",
+    "NOISE_SOURCES",
+    "IsoFLOPBootstrap",
+    "isoflop_bootstrap",
+    "EnvelopeFit",
+    "fit_envelope",
+    "extrapolation_check",
 ]

@@ -40,14 +40,23 @@ from lib.core import (
     check_same_length,
     check_seed,
 )
+from lib.scaling.bootstrap import IsoFLOPBootstrap, isoflop_bootstrap
 
 HUBER_DELTA = 1e-3
+# Below this fraction of the loss's scale a loss spread or a parabola's curvature x half-range^2
+# is floating-point noise (a constant loss fits a curvature of ~1e-15), not a minimum.
+FLAT_RTOL = 1e-9
 # Published parameters (the reference values tests and notebooks compare against).
 HOFFMANN_2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 EPOCH_2024 = {"E": 1.8172, "A": 482.01, "B": 2085.43, "alpha": 0.3478, "beta": 0.3658}
 # Exponent a of N_opt ~ C^a reported by Hoffmann et al. (approaches 1/2 and 3) and Kaplan et al.
 PUBLISHED_EXPONENTS = {"chinchilla_approach_1_2": 0.50, "chinchilla_approach_3": 0.46,
                        "kaplan_2020": 0.73}
+# The point fit's profile grid only ranks BFGS starts: 12 x 12 exponents with 4 Huber-IRLS steps
+# rank the same two best starts as 32 x 32 with 8 steps on Epoch's 240 points and on synthetic
+# Epoch-law data (objective within 1e-15 of the denser grid's), at a fifth of its time
+# (benchmarks/bench_scaling.py). Bootstrap refits keep 8 steps.
+PROFILE_IRLS_STEPS = 4
 # Hoffmann/Epoch grid of L-BFGS starts: alpha, beta, e, a, b.
 HOFFMANN_GRID = (np.arange(0, 2.01, 0.5), np.arange(0, 2.01, 0.5), np.arange(-1, 1.51, 0.5),
                  np.arange(0, 25.1, 5), np.arange(0, 25.1, 5))
@@ -229,12 +238,24 @@ def _prepare(N, D, loss):
     check_same_length(N=N, D=D, loss=loss)
     if N.size < 5:
         raise ValueError(f"fit_parametric needs at least 5 points (5 parameters), got {N.size}")
+    # Degenerate designs: the optimiser would return some point of a flat valley (A = 1e-300).
+    distinct = np.unique(np.stack([N, D], axis=1), axis=0).shape[0]
+    if distinct < 5:
+        raise ValueError(f"fit_parametric needs at least 5 distinct (N, D) points for 5 parameters, got "
+                         f"{distinct} among {N.size} (repeated points add no information)")
+    for name, values in (("N", N), ("D", D)):
+        if np.unique(values).size < 2:
+            raise ValueError(f"{name} takes the single value {values[0]:.4g}: its term's coefficient and "
+                             "exponent cannot be fitted")
+    if np.ptp(loss) <= FLAT_RTOL * loss.max():
+        raise ValueError(f"loss is constant ({loss[0]:.6g}) across the points: E alone fits it and A, B, "
+                         "alpha, beta are undetermined")
     return np.log(N), np.log(D), np.log(loss)
 
 
-def _fit_core(log_n, log_d, log_loss, delta, grid_size, n_polish, extra_starts=()):
+def _fit_core(log_n, log_d, log_loss, delta, grid_size, n_polish, extra_starts=(), irls_steps=8):
     exps = np.linspace(0.02, 2.5, grid_size)
-    thetas, obj = _profile_grid(log_n, log_d, log_loss, exps, exps, delta)
+    thetas, obj = _profile_grid(log_n, log_d, log_loss, exps, exps, delta, irls_steps=irls_steps)
     order = np.argsort(obj)[:n_polish]
     starts = [thetas[i] for i in order] + [np.asarray(s, float) for s in extra_starts]
     best_theta, best_obj = None, np.inf
@@ -252,12 +273,13 @@ def _theta_to_params(th) -> dict[str, float]:
 
 
 def fit_parametric(N, D, loss, *, delta: float = HUBER_DELTA, n_bootstrap: int = 0,
-                   seed: int = 0, grid_size: int = 32, n_polish: int = 4) -> ParametricFit:
+                   seed: int = 0, grid_size: int = 12, n_polish: int = 2) -> ParametricFit:
     """Approach 3: fit L = E + A/N^alpha + B/D^beta (Huber on log-loss, summed).
 
     ``N`` parameters, ``D`` tokens, ``loss`` nats/token (1-D arrays of equal length).
     Variable projection over a ``grid_size``^2 grid of (alpha, beta) in [0.02, 2.5], then
-    BFGS polishes of the ``n_polish`` best candidates. ``n_bootstrap`` resamples of the
+    BFGS polishes of the ``n_polish`` best candidates (the grid only ranks starts, so its
+    Huber-IRLS runs ``PROFILE_IRLS_STEPS`` steps; see the note there). ``n_bootstrap`` resamples of the
     points (with replacement, generator seeded by ``seed``) are refit warm-started from the
     point estimate and a coarse profile grid; they fill ``ParametricFit.bootstrap``.
     """
@@ -268,7 +290,7 @@ def fit_parametric(N, D, loss, *, delta: float = HUBER_DELTA, n_bootstrap: int =
     n_polish = check_int("n_polish", n_polish, 1)
     start = time.perf_counter()
     log_n, log_d, log_loss = _prepare(N, D, loss)
-    theta, obj = _fit_core(log_n, log_d, log_loss, delta, grid_size, n_polish)
+    theta, obj = _fit_core(log_n, log_d, log_loss, delta, grid_size, n_polish, irls_steps=PROFILE_IRLS_STEPS)
     fit = ParametricFit(**_theta_to_params(theta), objective=obj, n_points=log_n.size)
     if n_bootstrap:
         rng = np.random.default_rng(seed)
@@ -356,22 +378,15 @@ def fit_parabola(log_n, loss):
     return -c1 / (2 * c2), c2
 
 
-@dataclass
-class IsoFLOPFit:
-    """Approach 2: per-budget parabola vertices and the power laws N*(C) = k_n C^a,
-    D*(C) = k_d C^b (C FLOPs, N parameters, D tokens).
+class AllocationLaws:
+    """The pair of power laws N*(C) = k_n C^a, D*(C) = k_d C^b shared by the Approach-2 fits
+    (``IsoFLOPFit``, ``lib.scaling.EnvelopeFit``): prediction and the bootstrap interval.
 
-    ``vertices``: one row per budget (flops, n_opt, d_opt, loss_min, curvature, n_points,
-    in_range, and bootstrap std of log10 n_opt). ``bootstrap``: one row per resample (a, b,
-    log10_k_n, log10_k_d).
+    Subclasses are dataclasses with fields ``a``, ``log10_k_n``, ``b``, ``log10_k_d`` and
+    ``bootstrap`` (one row per draw, or None), and name their fitter in ``fitter``.
     """
 
-    a: float
-    log10_k_n: float
-    b: float
-    log10_k_d: float
-    vertices: pd.DataFrame
-    bootstrap: pd.DataFrame | None = field(default=None, repr=False)
+    fitter = "fit_isoflop"
 
     def predict(self, C):
         """(N*, D*) at C FLOPs from the fitted power laws."""
@@ -381,13 +396,35 @@ class IsoFLOPFit:
     def ci(self, level: float = 0.95) -> pd.DataFrame:
         """Point estimate and percentile bootstrap interval of a, b and the prefactors."""
         if self.bootstrap is None or self.bootstrap.empty:
-            raise ValueError("this fit has no bootstrap; call fit_isoflop(..., n_bootstrap>0)")
+            raise ValueError(f"this fit has no bootstrap; call {self.fitter}(..., n_bootstrap>0)")
         level = check_confidence(level, "level")
         lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
         point = pd.Series({"a": self.a, "b": self.b, "log10_k_n": self.log10_k_n,
                            "log10_k_d": self.log10_k_d})
         return pd.DataFrame({"estimate": point, "low": self.bootstrap.quantile(lo),
                              "high": self.bootstrap.quantile(hi), "std": self.bootstrap.std()})
+
+
+@dataclass
+class IsoFLOPFit(AllocationLaws):
+    """Approach 2: per-budget parabola vertices and the power laws N*(C) = k_n C^a,
+    D*(C) = k_d C^b (C FLOPs, N parameters, D tokens).
+
+    ``vertices``: one row per budget (flops, n_opt, d_opt, loss_min, curvature, n_points,
+    in_range, and with a bootstrap the vertex spread ``log10_n_opt_std`` (robust std, dex)
+    and its interval). ``bootstrap``: one row per draw (a, b, log10_k_n, log10_k_d);
+    ``uncertainty``: the ``lib.scaling.bootstrap.IsoFLOPBootstrap`` behind it (its noise
+    estimate, per-budget draws and ``predict``).
+    """
+
+    a: float
+    log10_k_n: float
+    b: float
+    log10_k_d: float
+    vertices: pd.DataFrame
+    bootstrap: pd.DataFrame | None = field(default=None, repr=False)
+    uncertainty: IsoFLOPBootstrap | None = field(default=None, repr=False)
+
 
 
 def _isoflop_vertices(groups):
@@ -404,15 +441,18 @@ def _power_law(flops, log_opt):
     return slope, intercept
 
 
-def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 0) -> IsoFLOPFit:
+def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 0,
+                noise: str = "residual", sigma: float | None = None) -> IsoFLOPFit:
     """Approach 2 on IsoFLOP data: ``budget`` (FLOPs per run), ``N`` parameters, ``loss``
     (nats/token), ``D`` tokens (default C / (6 N)).
 
     Per budget, parabolas of loss in log N and in log D give N* and D* (their vertices); a
     line through (log C, log N*) gives a, through (log C, log D*) gives b. A vertex outside the
     budget's sampled range, or a parabola opening downwards, triggers a ``UserWarning`` (the
-    vertex is then an extrapolation). Bootstrap: points are resampled within each budget,
-    ``n_bootstrap`` times (generator seeded by ``seed``).
+    vertex is then an extrapolation). Bootstrap: ``lib.scaling.bootstrap.isoflop_bootstrap``,
+    ``n_bootstrap`` parametric draws from the sweep's measured noise (``noise="residual"`` or
+    ``"replicates"``, or a given ``sigma``; generator seeded by ``seed``), so the intervals
+    include the seed noise; it warns when over 2.5% of the drawn parabolas open downwards.
     """
     budget, N, loss = (check_positive_array(k, v) for k, v in
                        (("budget", budget), ("N", N), ("loss", loss)))
@@ -425,12 +465,19 @@ def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 
     groups = []
     for c in levels:
         m = budget == c
-        if m.sum() < 3:
-            raise ValueError(f"budget {c:.3g} has {m.sum()} points; a parabola needs at least 3")
+        if np.unique(N[m]).size < 3:
+            raise ValueError(f"budget {c:.3g} has {np.unique(N[m]).size} distinct sizes N among its {m.sum()} "
+                             "points; a parabola needs at least 3")
         groups.append((c, np.log(N[m]), np.log(D[m]), loss[m]))
     if len(groups) < 2:
         raise ValueError("fit_isoflop needs at least 2 distinct budgets for a power law")
     rows = _isoflop_vertices(groups)
+    for (c, ln, _, lo), (_, _, _, c2) in zip(groups, rows):
+        span, scale = abs(c2) * (np.ptp(ln) / 2) ** 2, float(np.max(lo))
+        if span <= FLAT_RTOL * scale:
+            raise ValueError(f"loss at budget {c:.3g} is flat in N: the parabola's curvature x half-range^2 is "
+                             f"{span:.2g}, against a loss of {scale:.3g} (threshold {FLAT_RTOL:g} of it), so "
+                             "there is no minimum to locate; check that the budget's runs differ")
     flops = np.array([r[0] for r in rows])
     xn, xd = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     a, kn = _power_law(flops, xn)
@@ -447,21 +494,14 @@ def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 
                       UserWarning, stacklevel=2)
     fit = IsoFLOPFit(a=a, log10_k_n=kn, b=b, log10_k_d=kd, vertices=vert)
     if n_bootstrap:
-        rng = np.random.default_rng(seed)
-        boot, per_budget = [], []
-        for _ in range(n_bootstrap):
-            resampled = []
-            for c, ln, ld, lo in groups:
-                i = rng.integers(0, len(ln), len(ln))
-                if np.unique(ln[i]).size < 3:  # degenerate resample: keep the original points
-                    i = np.arange(len(ln))
-                resampled.append((c, ln[i], ld[i], lo[i]))
-            rs = _isoflop_vertices(resampled)
-            bxn, bxd = np.array([r[1] for r in rs]), np.array([r[2] for r in rs])
-            ba, bkn = _power_law(flops, bxn)
-            bb, bkd = _power_law(flops, bxd)
-            boot.append({"a": ba, "b": bb, "log10_k_n": bkn, "log10_k_d": bkd})
-            per_budget.append(bxn / np.log(10))
-        fit.bootstrap = pd.DataFrame(boot)
-        fit.vertices["log10_n_opt_std"] = np.std(per_budget, axis=0)
+        boot = isoflop_bootstrap(budget, N, loss, D=D, n_bootstrap=n_bootstrap, seed=seed,
+                                 noise=noise, sigma=sigma)
+        if boot.degenerate > 0.025:
+            warnings.warn(f"{boot.degenerate:.0%} of the bootstrap parabolas open downwards (the "
+                          "noise is comparable to the loss differences between sizes): their "
+                          "vertices are the best sampled size, so the interval is a lower bound "
+                          "on the uncertainty", UserWarning, stacklevel=2)
+        fit.bootstrap, fit.uncertainty = boot.draws, boot
+        summary = boot.vertex_summary().drop(columns="flops")
+        fit.vertices = pd.concat([fit.vertices, summary.set_index(fit.vertices.index)], axis=1)
     return fit

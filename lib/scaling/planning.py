@@ -5,6 +5,7 @@
 - ``measure_training_throughput``: training tokens/second of a shape on a device;
 - ``plan_sweep``: one row per (budget, size) with its token budget, steps and estimated wall
   time, infeasible entries kept and explained;
+- ``lr_for_widths``: the stated per-size LR rule (lr proportional to 1/width, muP);
 - ``sweep_configs``: the JSON-able run configs of a plan's feasible rows
   (``lib.experiments.scaling_study`` trains them).
 
@@ -117,7 +118,7 @@ def measure_training_throughput(shape: dict, *, batch_size: int, device=None, st
 def plan_sweep(budgets, *, vocab_size: int, seq_len: int, batch_size: int, n_sizes: int = 5,
                span: float = 8.0, tokens_per_param: float = 20.0, head_dim: int = 64,
                width_multiple: int | None = None, aspect_ratio: float = 32.0,
-               flops: str = "6nd", corpus_tokens: int | None = None, max_epochs: float = 1.0,
+               flops: str = "exact", corpus_tokens: int | None = None, max_epochs: float = 1.0,
                min_params: int = 0, min_steps: int = 10, tokens_per_second: float | None = None,
                flops_per_second: float | None = None, device=None) -> pd.DataFrame:
     """An IsoFLOP sweep plan: ``n_sizes`` model sizes per budget (FLOPs), log-spaced over a
@@ -125,9 +126,11 @@ def plan_sweep(budgets, *, vocab_size: int, seq_len: int, batch_size: int, n_siz
 
     Each target size is mapped to a real shape (``shape_for_params``) and its real parameter
     count (lib.models when importable); tokens = the count that spends the budget exactly
-    (C / (6 N) with ``flops="6nd"``, C / Chinchilla-FLOPs-per-token with ``flops="exact"``),
-    rounded to whole optimizer steps of ``batch_size`` x ``seq_len`` tokens (``flops_actual``
-    is what those steps really cost). Wall time (``est_seconds``): tokens /
+    (C / Chinchilla-FLOPs-per-token with ``flops="exact"``, the default, or C / (6 N) with
+    ``flops="6nd"``), rounded to whole optimizer steps of ``batch_size`` x ``seq_len`` tokens
+    (``flops_actual`` is what those steps cost by the plan's own count; ``flops_exact`` and
+    ``flops_6nd`` by each count, so a 6N plan shows how far its rows stray from the budget in
+    real FLOPs). Wall time (``est_seconds``): tokens /
     ``tokens_per_second`` if given, else FLOPs / ``flops_per_second``; if neither is given the
     achieved training FLOP/s is measured once on ``device`` with one of the plan's shapes
     (``plan.attrs["flops_per_second"]``).
@@ -183,6 +186,8 @@ def plan_sweep(budgets, *, vocab_size: int, seq_len: int, batch_size: int, n_siz
                          ("d_model", "n_layers", "n_heads", "d_ff")},
                          "steps": steps, "tokens": tokens, "tokens_per_param": tokens / n_params,
                          "flops_per_token": fpt, "flops_actual": fpt * tokens,
+                         "flops_exact": chinchilla_flops_per_token(shape) * tokens,
+                         "flops_6nd": 6.0 * n_params * tokens,
                          "feasible": not reasons, "reason": "; ".join(reasons),
                          "_shape": shape})
     plan = pd.DataFrame(rows)
@@ -209,6 +214,18 @@ def _measured_flops_per_second(rows, batch_size, device, max_params=2e6):
     return tps * row["flops_per_token"]
 
 
+def lr_for_widths(widths, *, base_lr: float, base_width: int, exponent: float = 1.0) -> dict[int, float]:
+    """The per-size peak-LR rule lr(d) = ``base_lr`` (``base_width`` / d)^``exponent``: with
+    the default exponent 1, Adam's hidden-layer LR scales as 1/width as in muP (Yang et al.
+    2022, Tensor Programs V), the rule Porian et al. (2024) find necessary for unbiased
+    compute-optimal exponents. Returns {d_model: lr} for ``sweep_configs``."""
+    base_lr = check_positive("base_lr", base_lr)
+    base_width = check_int("base_width", base_width, 1)
+    exponent = check_number("exponent", exponent)
+    widths = sorted({check_int("widths", w, 1) for w in np.asarray(widths).ravel().tolist()})
+    return {w: base_lr * (base_width / w) ** exponent for w in widths}
+
+
 def _plain(value):
     """A numpy scalar as the Python one: configs must be JSON (the run store hashes it)."""
     if isinstance(value, (bool, np.bool_)):
@@ -216,21 +233,29 @@ def _plain(value):
     return int(value) if isinstance(value, np.integer) else value
 
 
-def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_frac: float = 0.05,
+def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr=3e-3, warmup_frac: float = 0.05,
                   min_lr_ratio: float = 0.1, batch_size: int, seq_len: int, eval_batches: int = 16,
                   corpus: str = "") -> list[dict]:
     """One JSON-able run config per feasible plan row and seed (infeasible rows are skipped:
     they stay visible in the plan). Each run trains ``steps`` optimizer steps of
     ``batch_size`` x ``seq_len`` tokens, i.e. exactly its planned token budget, with a
     warm-up-cosine schedule fitted to its own length (``warmup_frac`` of its steps, floor
-    ``min_lr_ratio``) and peak ``lr``. ``corpus`` names the data so a store never mixes
-    corpora."""
+    ``min_lr_ratio``) and peak ``lr``: one float for every size, or a mapping d_model -> peak
+    LR (a per-size LR, e.g. ``lr_for_widths``; every planned width must be in it).
+    ``corpus`` names the data so a store never mixes corpora."""
     if not isinstance(plan, pd.DataFrame) or "feasible" not in plan:
         raise ValueError("plan must be a DataFrame returned by plan_sweep")
     seeds = [check_seed("seeds", s) for s in seeds]
     if not seeds:
         raise ValueError("seeds must hold at least one seed, got none")
-    lr = check_positive("lr", lr)
+    feasible_widths = sorted({int(w) for w in plan.loc[plan["feasible"], "d_model"]})
+    if isinstance(lr, dict):
+        missing = [w for w in feasible_widths if w not in lr]
+        if missing:
+            raise ValueError(f"lr maps d_model to a peak LR but lacks the planned widths {missing}")
+        lr_of = {int(w): check_positive(f"lr[{w}]", v) for w, v in lr.items()}
+    else:
+        lr_of = dict.fromkeys(feasible_widths, check_positive("lr", lr))
     warmup_frac = check_fraction("warmup_frac", warmup_frac, strict_max=True)
     min_lr_ratio = check_fraction("min_lr_ratio", min_lr_ratio)
     batch_size = check_int("batch_size", batch_size, 1)
@@ -244,7 +269,7 @@ def sweep_configs(plan: pd.DataFrame, *, seeds=(0,), lr: float = 3e-3, warmup_fr
             configs.append({"budget": float(row["budget"]), "n_params": int(row["n_params"]),
                             "model": {k: _plain(v) for k, v in row["shape"].items()},
                             "steps": int(row["steps"]), "batch_size": batch_size, "seq_len": seq_len,
-                            "lr": lr, "warmup_steps": int(round(warmup_frac * row["steps"])),
+                            "lr": lr_of[int(row["d_model"])], "warmup_steps": int(round(warmup_frac * row["steps"])),
                             "min_lr_ratio": min_lr_ratio, "eval_batches": eval_batches,
                             "corpus": corpus, "seed": seed})
     return configs

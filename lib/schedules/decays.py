@@ -83,7 +83,9 @@ class CosinePlateau(Schedule):
         pieces, pos, level, removed = [], 0, 1.0, 0
         for start, length in bounds:
             effective = start - removed  # position on the global cosine (plateau time removed)
-            progress = min(1.0, effective / cosine_steps) if cosine_steps > 0 else 1.0
+            # Plateaus filling every post-warm-up step leave a zero-length global cosine: each
+            # then sits at its start, the peak (the limit of (0, 1 - eps) as eps -> 0).
+            progress = min(1.0, effective / cosine_steps) if cosine_steps > 0 else 0.0
             plateau_level = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
             pieces.append((pos, start - pos, level, plateau_level))       # half-cosine down
             pieces.append((start, length, plateau_level, plateau_level))  # flat

@@ -1,5 +1,6 @@
 """The training loop, its checksummed checkpoints, optimizers (fused AdamW, Muon parameter
-groups) and the SQLite results store with its resumable sweep runner.
+groups) and the SQLite results store with its resumable sweep runner, run locally or as Ray
+tasks; FSDP2 sharding with sharded checkpoints for models larger than one GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,19 @@ from lib.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from lib.training.executors import EXECUTORS, check_ray_options, run_on_ray
+from lib.training.fsdp import (
+    PARALLEL,
+    clip_sharded_grad_norm,
+    full_model_state_dict,
+    is_sharded,
+    load_sharded_meta,
+    load_sharded_state,
+    mixed_precision_policy,
+    save_sharded_checkpoint,
+    shard_model,
+    sharded_checkpoint_exists,
+)
 from lib.training.loop import (
     RESUME_COMPARED,
     TrainConfig,
@@ -21,6 +35,7 @@ from lib.training.loop import (
     default_schedule,
     evaluate,
     main,
+    to_device,
     train,
 )
 from lib.training.optim import (
@@ -36,11 +51,22 @@ from lib.training.optim import (
     param_roles,
 )
 from lib.training.store import (
+    DEFAULT_LEASE_S,
     STATUSES,
+    IncompleteSweep,
+    Lease,
     RunStore,
     canonical_json,
     make_run_id,
+    run_claimed,
     run_sweep,
+)
+from lib.training.tensorboard import (
+    RUNS_ENV,
+    TensorBoardLogger,
+    active_logdir,
+    run_logdir,
+    runs_dir,
 )
 
 __all__ = [
@@ -52,6 +78,7 @@ __all__ = [
     "default_schedule",
     "evaluate",
     "train",
+    "to_device",
     "main",
     "RESUME_COMPARED",
     "CHECKPOINT_FORMAT",
@@ -74,4 +101,26 @@ __all__ = [
     "make_run_id",
     "RunStore",
     "run_sweep",
+    "RUNS_ENV",
+    "TensorBoardLogger",
+    "runs_dir",
+    "run_logdir",
+    "active_logdir",
+    "run_claimed",
+    "Lease",
+    "IncompleteSweep",
+    "DEFAULT_LEASE_S",
+    "EXECUTORS",
+    "check_ray_options",
+    "run_on_ray",
+    "PARALLEL",
+    "mixed_precision_policy",
+    "shard_model",
+    "is_sharded",
+    "clip_sharded_grad_norm",
+    "sharded_checkpoint_exists",
+    "save_sharded_checkpoint",
+    "load_sharded_meta",
+    "load_sharded_state",
+    "full_model_state_dict",
 ]

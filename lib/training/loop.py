@@ -9,8 +9,10 @@ function of the step, which makes checkpoint/resume exact and DDP sharding trivi
 What it does for you: gradient clipping, bf16 autocast on CUDA, held-out evaluation every
 ``eval_every`` steps (loss, accuracy, perplexity), a tqdm bar, NaN/divergence detection with
 a clear message, atomic checkpoints and exact resume, DDP when ``torch.distributed`` is
-initialised (``torchrun ... -m lib.training``), and callbacks (``on_step_start``,
-``on_step_end``, ``on_eval``) for extensions such as the predictive trainer.
+initialised (``torchrun ... -m lib.training``) or FSDP2 with ``parallel="fsdp"`` (sharded
+weights and checkpoints, ``lib.training.fsdp``), and callbacks (``on_step_start``,
+``on_step_end``, ``on_eval``, ``on_train_end``) for extensions such as the predictive trainer
+and the TensorBoard logger (added by itself inside a ``lib.training.run_logdir`` block).
 
 Checkpoints (``checkpoint_path`` + ``checkpoint_every``; file format in
 ``lib.training.checkpoint``) hold the weights, optimizer and scheduler states, the step, the
@@ -54,6 +56,7 @@ from lib.core import (
     check_number,
     check_positive,
     check_seed,
+    check_token_ids,
     pick_device,
 )
 from lib.data import synthetic_corpus
@@ -65,7 +68,19 @@ from lib.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from lib.training.fsdp import (
+    PARALLEL,
+    clip_sharded_grad_norm,
+    full_model_state_dict,
+    is_sharded,
+    load_sharded_meta,
+    load_sharded_state,
+    save_sharded_checkpoint,
+    shard_model,
+    sharded_checkpoint_exists,
+)
 from lib.training.optim import adamw, check_betas
+from lib.training.tensorboard import TensorBoardLogger, active_logdir
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,6 +100,12 @@ class TrainConfig:
     ``resume=True`` continues from ``checkpoint_path`` when it exists; a checkpoint made with
     other settings (see the module docstring) is a ``ValueError`` unless
     ``resume_changed_config=True``. ``steps`` below the checkpoint's step is always an error.
+
+    ``parallel`` says how a run under ``torchrun`` spreads over its processes: ``"ddp"`` (each
+    process holds the whole model; a single process trains alone) or ``"fsdp"`` (FSDP2: each
+    process holds a shard of every block, and ``checkpoint_path`` is a folder of sharded
+    checkpoints; needs ``torch.distributed`` initialised). Both train on the same global batch,
+    ``batch_size`` x world size, and follow the same trajectory up to float rounding.
     """
 
     steps: int
@@ -112,6 +133,7 @@ class TrainConfig:
     desc: str = "train"
     compile: bool = False  # torch.compile the training forward: fuses element-wise work (GPU: large
     #                        gains; CPU: needs a C++ compiler); the first steps pay the compilation
+    parallel: str = "ddp"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
@@ -131,6 +153,7 @@ class TrainConfig:
         self.seed = check_seed("seed", self.seed)
         self.divergence_factor = check_number("divergence_factor", self.divergence_factor, 1.0, strict_min=True)
         check_choice("on_divergence", self.on_divergence, ("raise", "stop"))
+        check_choice("parallel", self.parallel, PARALLEL)
         for name in ("resume", "resume_changed_config", "progress", "compile"):
             setattr(self, name, check_bool(name, getattr(self, name)))
         if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, os.PathLike)):
@@ -216,7 +239,7 @@ def evaluate(model: nn.Module, data, seq_len: int, batch_size: int = 16,
     total_loss, correct, count = 0.0, 0, 0
     try:
         for x, y in data.eval_batches(seq_len, batch_size, max_batches):
-            x, y = x.to(device), y.to(device)
+            x, y = to_device((x, y), device)
             with autocast(device):
                 logits = model(x).logits
             logits = logits.float()
@@ -230,6 +253,17 @@ def evaluate(model: nn.Module, data, seq_len: int, batch_size: int = 16,
         raise ValueError("the validation split yielded no batches: it is shorter than seq_len + 1")
     loss = total_loss / count
     return {"loss": loss, "accuracy": correct / count, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def to_device(tensors: Sequence[torch.Tensor], device) -> tuple[torch.Tensor, ...]:
+    """Copy a batch's tensors to ``device``. To CUDA they go through pinned (page-locked) host
+    memory with ``non_blocking=True``, so the copy overlaps the GPU's work on the previous step
+    (from pageable memory a "non-blocking" copy is synchronous); elsewhere a plain ``.to``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) if t.device.type == "cpu"
+                     else t.to(device, non_blocking=True) for t in tensors)
+    return tuple(t.to(device) for t in tensors)
 
 
 def _callback(callbacks: Sequence[Any], name: str, *args) -> None:
@@ -288,21 +322,27 @@ def _describe_run(config: TrainConfig, model: nn.Module, optimizers: Sequence[to
 
 
 def _save_state(path: Path, state: TrainState, description: dict, detector: dict, final: dict | None) -> None:
-    """Checkpoint ``state`` (``final``: the finished run's metrics, None while unfinished)."""
+    """Checkpoint ``state`` (``final``: the finished run's metrics, None while unfinished). A
+    sharded model's weights and optimizer states go to its shards (every rank calls this)."""
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    save_checkpoint(path, {
+    sharded = is_sharded(state.model)
+    payload = {
         "step": state.step,
         "tokens": state.tokens,
         "loss": state.loss,
         "detector": dict(detector),
-        "model": _unwrap(state.model).state_dict(),
-        "optimizers": [opt.state_dict() for opt in state.optimizers],
+        "model": None if sharded else _unwrap(state.model).state_dict(),
+        "optimizers": [None if sharded else opt.state_dict() for opt in state.optimizers],
         "schedulers": [s.state_dict() for s in state.schedulers],
         "history": state.history,
         "rng": {"torch": torch.get_rng_state(), "cuda": list(cuda_rng)},
         "config": description,
         "final": final,
-    })
+    }
+    if sharded:
+        save_sharded_checkpoint(path, state.model, state.optimizers, payload)
+    else:
+        save_checkpoint(path, payload)
 
 
 _PAYLOAD_KEYS = ("step", "tokens", "loss", "detector", "model", "optimizers", "schedulers", "history",
@@ -313,7 +353,8 @@ def _restore_state(path: Path, state: TrainState, description: dict) -> tuple[di
     """Load ``path`` into ``state``; returns the divergence detector's state and the saved
     ``final`` metrics (None unless the checkpoint is a finished run with the same settings)."""
     config = state.config
-    payload = load_checkpoint(path, map_location=state.device)
+    sharded = is_sharded(state.model)
+    payload = load_sharded_meta(path) if sharded else load_checkpoint(path, map_location=state.device)
     missing = [k for k in _PAYLOAD_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}: not written by lib.training.train")
@@ -325,18 +366,22 @@ def _restore_state(path: Path, state: TrainState, description: dict) -> tuple[di
             "continue its weights and optimizer state under the current settings")
     if payload["step"] > config.steps:
         raise CheckpointError(f"checkpoint {path} is at step {payload['step']}, beyond steps={config.steps}")
-    try:
-        _unwrap(state.model).load_state_dict(payload["model"])
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from e
+    current = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in state.optimizers]
+    if sharded:  # the weights and optimizer states, from every rank's shards
+        load_sharded_state(path, payload, state.model, state.optimizers)
+    else:
+        try:
+            _unwrap(state.model).load_state_dict(payload["model"])
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from e
     if len(payload["optimizers"]) != len(state.optimizers) or len(payload["schedulers"]) != len(state.schedulers):
         raise CheckpointError(f"checkpoint {path} holds {len(payload['optimizers'])} optimizers and "
                               f"{len(payload['schedulers'])} schedulers, this run has {len(state.optimizers)} "
                               f"and {len(state.schedulers)}")
-    current = [[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] for opt in state.optimizers]
     try:
         for opt, sd in zip(state.optimizers, payload["optimizers"], strict=True):
-            opt.load_state_dict(sd)
+            if not sharded:
+                opt.load_state_dict(sd)
         if changes:  # resume_changed_config: the current hyper-parameters and peaks win
             for opt, groups in zip(state.optimizers, current, strict=True):
                 for group, now in zip(opt.param_groups, groups, strict=True):
@@ -358,6 +403,28 @@ def _restore_state(path: Path, state: TrainState, description: dict) -> tuple[di
     return dict(payload["detector"]), final
 
 
+def _check_data_fits(model: nn.Module, data, config: TrainConfig, rank: int, world: int) -> None:
+    """Before any compute: ``seq_len`` fits the model's ``max_seq_len`` and both splits, and the
+    first training and validation batches hold ids inside the model's vocabulary."""
+    model_config = getattr(_unwrap(model), "config", None)
+    max_len = getattr(model_config, "max_seq_len", None)
+    if isinstance(max_len, int) and config.seq_len > max_len:
+        raise ValueError(f"seq_len={config.seq_len} exceeds the model's max_seq_len={max_len}; train at "
+                         f"seq_len <= {max_len} or build the model with max_seq_len >= {config.seq_len}")
+    # Drawing the first batches raises the data's own ValueError when a split is too short.
+    x, y = data.batch("train", 0, config.batch_size, config.seq_len, seed=config.seed, rank=rank, world_size=world)
+    eval_bs = config.eval_batch_size or config.micro_batch_size
+    val = next(iter(data.eval_batches(config.seq_len, eval_bs, 1)), None)
+    if val is None:
+        raise ValueError(f"the validation split yields no batches for seq_len={config.seq_len}")
+    vocab = getattr(model_config, "vocab_size", None)
+    if isinstance(vocab, int):
+        check_token_ids("the first training batch's inputs", x, vocab)
+        check_token_ids("the first training batch's targets", y, vocab, ignore_index=-100)
+        check_token_ids("the first validation batch's inputs", val[0], vocab)
+        check_token_ids("the first validation batch's targets", val[1], vocab, ignore_index=-100)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -374,9 +441,16 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
     if not hasattr(data, "batch") or not hasattr(data, "eval_batches"):
         raise ValueError("data must provide batch(split, step, ...) and eval_batches(...) (see lib.data.TokenData)")
     rank, world = _ddp()
+    _check_data_fits(model, data, config, rank, world)
     device = pick_device(config.device)
     model = model.to(device)
     model.train()
+    sharded = config.parallel == "fsdp"
+    if sharded:  # before the optimizers are built: sharding replaces the parameters
+        if optimizers is not None and not is_sharded(model):
+            raise ValueError("parallel='fsdp' with optimizers passed in: call lib.training.shard_model(model) "
+                             "first and build the optimizers on its sharded parameters")
+        model = shard_model(model, device)
     if optimizers is None:
         optimizers = [default_optimizer(model, config.lr, config.weight_decay, config.betas)]
     elif isinstance(optimizers, torch.optim.Optimizer):
@@ -387,21 +461,23 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         schedulers = [attach(opt, schedule) for opt in optimizers]
     schedulers = list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
     net = model
-    if world > 1:
+    if world > 1 and not sharded:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # Only the training forward is compiled: checkpoints and evaluation see the plain module.
     forward = torch.compile(net) if config.compile else net
     state = TrainState(config=config, model=net, data=data, optimizers=optimizers,
                        schedulers=schedulers, device=device)
     ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
-    save = ckpt is not None and rank == 0 and config.checkpoint_every > 0
+    save = ckpt is not None and (rank == 0 or sharded) and config.checkpoint_every > 0
     description = _describe_run(config, model, optimizers) if ckpt is not None else {}
     detector = {"best": float("inf"), "first": None}  # the divergence test's memory, checkpointed
-    if ckpt is not None and config.resume and ckpt.exists():
+    if ckpt is not None and config.resume and (sharded_checkpoint_exists(ckpt) if sharded else ckpt.exists()):
         detector, finished = _restore_state(ckpt, state, description)
         if finished is not None:  # a finished run with the same settings: report it, train nothing
             return TrainResult(history=pd.DataFrame(state.history), final=dict(finished), model=model,
                                elapsed_s=finished["elapsed_s"])
+    if active_logdir() is not None and rank == 0:  # inside a logged sweep run: watch it in TensorBoard
+        callbacks = [*callbacks, TensorBoardLogger(active_logdir())]
     params = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = config.batch_size * config.seq_len * world
     eval_bs = config.eval_batch_size or config.micro_batch_size
@@ -419,21 +495,26 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         _callback(callbacks, "on_step_start", state)
         x, y = data.batch("train", step, config.batch_size, config.seq_len, seed=config.seed,
                           rank=rank, world_size=world)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device((x, y), device)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         mb = config.micro_batch_size
         for i in range(config.grad_accum):
             sync = i == config.grad_accum - 1 or world == 1
-            ctx = net.no_sync() if not sync and world > 1 else contextlib.nullcontext()
+            if sharded:  # FSDP2 has no no_sync(): it skips the reduce-scatter by this flag
+                net.set_requires_gradient_sync(sync)
+            ctx = net.no_sync() if not sync and world > 1 and not sharded else contextlib.nullcontext()
             with ctx, autocast(device):
                 out = forward(x[i * mb:(i + 1) * mb], y[i * mb:(i + 1) * mb])
                 loss = out.loss / config.grad_accum
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip).item()
-                     if config.grad_clip else float("nan"))
+        if sharded and config.grad_clip:
+            grad_norm = clip_sharded_grad_norm(params, config.grad_clip)
+        else:
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, config.grad_clip).item()
+                         if config.grad_clip else float("nan"))
         lr = optimizers[0].param_groups[0]["lr"]
         for opt in optimizers:
             opt.step()
@@ -445,7 +526,7 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         # Diverged: NaN/inf, or above divergence_factor x the best loss *and* above the first one
         # (a spike on a near-zero loss, e.g. a memorised retrieval task, is not a divergence).
         if not math.isfinite(loss_sum) or (step >= 1 and loss_sum > max(config.divergence_factor * best, first)):
-            diverged = (f"training diverged at step {step}: loss {loss_sum:.4g} "
+            diverged = (f"training diverged at step {step + 1}: loss {loss_sum:.4g} "
                         f"(best so far {best:.4g}, lr {lr:.3g}); lower the LR, lengthen warm-up "
                         f"or tighten grad_clip")
         best = min(best, loss_sum)
@@ -472,6 +553,7 @@ def train(model: nn.Module, data, config: TrainConfig, optimizers=None, schedule
         if save and state.step % config.checkpoint_every == 0:
             _save_state(ckpt, state, description, {"best": best, "first": first}, None)
     bar.close()
+    _callback(callbacks, "on_train_end", state)
     elapsed = elapsed_before + time.perf_counter() - start
     if diverged and config.on_divergence == "raise":
         raise TrainingDiverged(diverged)
@@ -495,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Single process:   python -m lib.training --config run.json --out weights.pt
     Data parallel:    torchrun --nproc_per_node 2 -m lib.training --config run.json --out weights.pt
+    Sharded (FSDP2):  the same, with "parallel": "fsdp" in the "train" section
     ``run.json`` holds {"model": {ModelConfig fields}, "train": {TrainConfig fields},
     "corpus": {synthetic_corpus kwargs}}; rank 0 writes the final weights and metrics.
     """
@@ -515,8 +598,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = Transformer(ModelConfig(**spec.get("model", {})))
         data = synthetic_corpus(**spec.get("corpus", {}))
         result = train(model, data, TrainConfig(**{"progress": False, **spec.get("train", {})}))
+        weights = full_model_state_dict(model)  # a sharded model gathers on every rank, to rank 0
         if _ddp()[0] == 0:
-            torch.save(model.state_dict(), args.out)
+            torch.save(weights, args.out)
             Path(args.out).with_suffix(".json").write_text(json.dumps(result.final, indent=1))
     finally:
         if distributed:

@@ -22,6 +22,7 @@ from lib.core import (
     check_positive_array,
     check_same_length,
     check_seed,
+    check_token_ids,
 )
 
 NON_FINITE = [math.nan, math.inf, -math.inf, np.float64("nan"), np.float32("inf")]
@@ -159,3 +160,19 @@ def test_check_same_length_names_every_array():
     check_same_length(a=[1, 2], b=np.zeros(2), c=(3, 4))
     with pytest.raises(ValueError, match=r"same length, got \{'sizes': 2, 'losses': 3\}"):
         check_same_length(sizes=[1, 2], losses=[1, 2, 3])
+
+
+def test_check_token_ids_against_numpy_and_torch():
+    import torch
+
+    check_token_ids("ids", np.array([0, 31]), 32)
+    check_token_ids("ids", torch.tensor([[-100, 5]]), 32, ignore_index=-100)
+    check_token_ids("ids", torch.tensor([-100, -100]), 32, ignore_index=-100)   # all masked
+    with pytest.raises(ValueError, match=r"ids holds token ids in \[-1, 5\], outside .*vocab_size=32"):
+        check_token_ids("ids", torch.tensor([-1, 5]), 32)
+    with pytest.raises(ValueError, match=r"targets holds token ids in \[0, 32\]"):
+        check_token_ids("targets", np.array([0, 32, -100]), 32, ignore_index=-100)
+    with pytest.raises(ValueError, match="ids must be an array of integer token ids"):
+        check_token_ids("ids", np.array([0.5]), 32)
+    with pytest.raises(ValueError, match="vocab_size"):
+        check_token_ids("ids", np.array([0]), True)

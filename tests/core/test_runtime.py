@@ -67,7 +67,7 @@ def _draw(path_prefix):
     ax.legend()
     paths = plotting.save_figure(fig, "00_test", path_prefix)
     plt.close(fig)
-    return paths
+    return [runtime.repo_root() / p for p in paths]  # save_figure returns root-relative paths
 
 
 def test_save_figure_is_deterministic(tmp_path, monkeypatch):

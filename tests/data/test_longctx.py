@@ -126,6 +126,30 @@ def test_answer_accuracy_oracle_and_chance():
     assert L.answer_accuracy(Zero(), batch)["exact_match"] == 0.0
 
 
+def test_answer_scores_count_each_samples_right_answer_tokens():
+    """A model right on the first answer token of every sample and wrong on the others scores
+    1/k per sample (k answer tokens), and exact match only where k = 1."""
+    batch = L.niah(6, 48, seed=3, value_len=3)
+    first = batch.mask.float().cumsum(1) == 1  # the first answer position of each row
+
+    class FirstOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx):
+            hit = [i for i in range(len(batch)) if torch.equal(batch.inputs[i], idx[0])][0]
+            rows = slice(hit, hit + idx.shape[0])
+            tgt = torch.where(first[rows] & batch.mask[rows], batch.targets[rows], L.PAD).clamp(min=0)
+            return torch.nn.functional.one_hot(tgt, 64).float()
+
+    scores = L.answer_scores(FirstOnly(), batch, chunk=4)
+    assert scores.dtype == np.float64 and scores.shape == (6,)
+    np.testing.assert_allclose(scores, 1 / 3)
+    assert L.answer_accuracy(FirstOnly(), batch) == {"token_accuracy": pytest.approx(1 / 3), "exact_match": 0.0}
+    np.testing.assert_array_equal(L.answer_scores(Oracle(batch), batch), np.ones(6))
+
+
 # ---------------------------------------------------------------- argument rules
 @pytest.mark.parametrize("task", L.TASKS)
 def test_generators_take_numpy_ints(task):

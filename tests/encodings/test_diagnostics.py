@@ -139,3 +139,24 @@ def test_attention_cost_reports_time_and_bias_bytes():
     enc = build_encoding("alibi", d_model=64, n_heads=4, head_dim=16, max_seq_len=64)
     row = D.attention_cost(enc, 32, repeats=2)
     assert row["seconds"] > 0 and row["extra_bytes"] == 4 * 32 * 32 * 4
+
+
+def test_wavelengths_at_a_length_follow_length_dependent_frequencies():
+    """``seq_len`` reads the frequencies a sequence of that length uses: LongRoPE switches to its
+    long factors past the original length, dynamic NTK stretches, RoPE is unchanged; without
+    it the wavelengths come from the phasors (2 pi / inv_freq for linear phases)."""
+    dims = dict(d_model=32, n_heads=1, head_dim=32, max_seq_len=1024)
+    rope = build_encoding("rope", **dims)
+    expected = 2 * np.pi / rope.inverse_frequencies().double().numpy()
+    np.testing.assert_allclose(D.wavelengths(rope), expected, rtol=1e-5)
+    np.testing.assert_allclose(D.wavelengths(rope, seq_len=4096), expected, rtol=1e-12)
+    long = [float(i + 1) for i in range(16)]
+    lr = build_encoding("longrope", **dims, original_max_seq_len=256, long_factor=long)
+    np.testing.assert_allclose(D.wavelengths(lr, seq_len=256), expected, rtol=1e-6)
+    np.testing.assert_allclose(D.wavelengths(lr, seq_len=257), expected * np.array(long), rtol=1e-6)
+    prop = D.wavelengths(build_encoding("rope_proportional", **dims, rotary_fraction=0.25))
+    assert np.isinf(prop[4:]).all() and np.isfinite(prop[:4]).all()
+    spiral = build_encoding("pi_spiral_rotary", **dims)
+    np.testing.assert_array_equal(D.wavelengths(spiral, seq_len=100), D.wavelengths(spiral))
+    with pytest.raises(ValueError, match="seq_len"):
+        D.wavelengths(rope, seq_len=0)

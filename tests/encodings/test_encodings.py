@@ -58,6 +58,116 @@ def test_rotary_frequencies_match_transformers(name, ours, rope):
     assert enc.attention_scaling == pytest.approx(scaling, rel=1e-12)
 
 
+def _longrope_config(head_dim, max_len, original, partial=1.0, **rope):
+    return LlamaConfig(hidden_size=head_dim * N_HEADS, num_attention_heads=N_HEADS, head_dim=head_dim,
+                       num_hidden_layers=1, max_position_embeddings=max_len,
+                       rope_parameters=dict(rope_type="longrope", rope_theta=rope.pop("rope_theta", 10000.0),
+                                            original_max_position_embeddings=original,
+                                            partial_rotary_factor=partial, **rope))
+
+
+LONGROPE_CASES = [
+    # (head_dim, max_seq_len, original, partial, extra rope keys); factors drawn per case
+    (32, 1024, 256, 1.0, {}),                                        # factor from max/original (Phi-3)
+    (32, 1024, 256, 1.0, {"factor": 8.0}),                           # factor given
+    (64, 4096, 512, 1.0, {"attention_factor": 1.3, "rope_theta": 5e5}),
+    (32, 512, 512, 1.0, {}),                                         # factor 1: attention factor 1
+    (32, 2048, 256, 0.75, {}),                                       # partial rotary (Phi-4-mini style)
+]
+
+
+@pytest.mark.parametrize("head_dim, max_len, original, partial, extra", LONGROPE_CASES)
+def test_longrope_frequencies_and_attention_factor_match_transformers(head_dim, max_len, original, partial, extra):
+    rng = np.random.default_rng(head_dim + max_len)
+    pairs = int(head_dim * partial) // 2
+    short = (1 + 0.5 * rng.random(pairs)).tolist()
+    long = np.sort(1 + 15 * rng.random(pairs)).tolist()
+    config = _longrope_config(head_dim, max_len, original, partial, short_factor=short, long_factor=long,
+                              **dict(extra))
+    ours = dict(short_factor=short, long_factor=long, original_max_seq_len=original, rotary_fraction=partial,
+                base=extra.get("rope_theta", 10000.0),
+                **{k: v for k, v in extra.items() if k in ("factor", "attention_factor")})
+    enc = build_encoding("longrope", d_model=head_dim * N_HEADS, n_heads=N_HEADS, head_dim=head_dim,
+                         max_seq_len=max_len, **ours)
+    for seq_len in (None, original // 2, original, original + 1, 4 * original):
+        ref, scaling = ROPE_INIT_FUNCTIONS["longrope"](config, seq_len=seq_len)
+        got = enc.inverse_frequencies(seq_len)
+        torch.testing.assert_close(got[:pairs], ref, rtol=0, atol=0)
+        assert torch.all(got[pairs:] == 0) and got.numel() == head_dim // 2
+        assert enc.attention_scaling == pytest.approx(scaling, rel=1e-12)
+    short_ref = ROPE_INIT_FUNCTIONS["longrope"](config, seq_len=original)[0]
+    long_ref = ROPE_INIT_FUNCTIONS["longrope"](config, seq_len=original + 1)[0]
+    assert not torch.equal(short_ref, long_ref)  # the case really has two factor sets
+
+
+def test_longrope_published_attention_factor_and_defaults():
+    # Phi-3-mini-128k: original 4096, max 131072 -> sqrt(1 + ln 32 / ln 4096) = 1.19024...
+    enc = build_encoding("longrope", d_model=96, n_heads=1, head_dim=96, max_seq_len=131072,
+                         original_max_seq_len=4096)
+    assert enc.attention_scaling == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)), rel=1e-12)
+    assert enc.attention_scaling == pytest.approx(1.1902, abs=1e-4)
+    rope = build_encoding("rope", d_model=96, n_heads=1, head_dim=96, max_seq_len=131072).inverse_frequencies()
+    # default short factors are ones (plain RoPE), default long ones the NTK-aware base change
+    torch.testing.assert_close(enc.inverse_frequencies(100), rope, rtol=0, atol=0)
+    ntk = build_encoding("rope_ntk", d_model=96, n_heads=1, head_dim=96, max_seq_len=4096, factor=32.0)
+    torch.testing.assert_close(enc.inverse_frequencies(5000), ntk.inverse_frequencies(), rtol=1e-5, atol=0)
+
+
+def test_longrope_cos_sin_switch_at_original_length_as_llama_rotary_embedding():
+    """transformers picks the long factors from the call's largest position: ours does too,
+    bit for bit, on both sides of ``original_max_position_embeddings``."""
+    pairs = HEAD_DIM // 2
+    short, long = np.linspace(1.0, 1.2, pairs).tolist(), np.linspace(1.0, 6.0, pairs).tolist()
+    config = _longrope_config(HEAD_DIM, 4 * L0, L0, short_factor=short, long_factor=long)
+    ref = LlamaRotaryEmbedding(config)
+    enc = build_encoding("longrope", **{**DIMS, "max_seq_len": 4 * L0}, short_factor=short, long_factor=long,
+                         original_max_seq_len=L0)
+    for length in (L0, L0 + 1, 3 * L0):
+        pos = torch.arange(length)[None]
+        cos, sin = ref(torch.zeros(1, dtype=torch.float32), pos)
+        ours = enc.cos_sin(pos)
+        assert torch.equal(ours[0], cos) and torch.equal(ours[1], sin)
+    q, k = torch.randn(1, N_HEADS, L0 + 8, HEAD_DIM), torch.randn(1, N_HEADS, L0 + 8, HEAD_DIM)
+    q_long, _ = enc.rotate(q, k, None)
+    q_short, _ = enc.rotate(q[:, :, :L0], k[:, :, :L0], None)
+    assert not torch.allclose(q_long[:, :, :L0], q_short)  # not served from a length-blind cache
+
+
+@pytest.mark.parametrize("head_dim, fraction, factor, theta", [
+    (32, 0.25, 1.0, 10000.0), (32, 0.5, 4.0, 10000.0), (64, 0.75, 1.0, 1e6), (64, 1.0, 2.0, 10000.0),
+    (48, 0.3, 8.0, 5e5),  # fraction * head_dim / 2 not an integer: floored as transformers does
+])
+def test_proportional_frequencies_match_transformers(head_dim, fraction, factor, theta):
+    config = LlamaConfig(hidden_size=head_dim * N_HEADS, num_attention_heads=N_HEADS, head_dim=head_dim,
+                         num_hidden_layers=1, max_position_embeddings=L0,
+                         rope_parameters=dict(rope_type="proportional", rope_theta=theta,
+                                              partial_rotary_factor=fraction, factor=factor))
+    ref, scaling = ROPE_INIT_FUNCTIONS["proportional"](config)
+    enc = build_encoding("rope_proportional", d_model=head_dim * N_HEADS, n_heads=N_HEADS, head_dim=head_dim,
+                         max_seq_len=L0, rotary_fraction=fraction, factor=factor, base=theta)
+    torch.testing.assert_close(enc.inverse_frequencies(), ref, rtol=0, atol=0)
+    assert enc.attention_scaling == scaling == 1.0
+    # the rotated pairs keep their full-width RoPE frequencies (unlike rope_partial)
+    full = build_encoding("rope", d_model=head_dim * N_HEADS, n_heads=N_HEADS, head_dim=head_dim, max_seq_len=L0,
+                          base=theta).inverse_frequencies()
+    rotated = int(fraction * head_dim // 2)
+    torch.testing.assert_close(enc.inverse_frequencies()[:rotated], full[:rotated] / factor, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("longrope", {"short_factor": [1.0] * 3}, "short_factor must have 16 entries"),
+    ("longrope", {"long_factor": [1.0] * 15 + [0.0]}, r"long_factor\[15\] must be a finite number > 0"),
+    ("longrope", {"long_factor": "ones"}, "long_factor must be a list of 16 numbers"),
+    ("longrope", {"factor": -1.0}, "factor must be"),
+    ("longrope", {"rotary_fraction": 0.01}, "rotary_fraction"),
+    ("rope_proportional", {"rotary_fraction": 0.01}, "at least one rotated pair"),
+    ("rope_proportional", {"factor": 0.5}, "factor must be a finite number >= 1.0"),
+])
+def test_longrope_and_proportional_arguments_are_checked(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        build_encoding(name, **DIMS, **kw)
+
+
 def test_rope_cos_sin_equal_llama_rotary_embedding_bitwise():
     config = hf_config(rope_type="yarn", factor=4.0, original_max_position_embeddings=L0)
     ref = LlamaRotaryEmbedding(config)
@@ -286,7 +396,8 @@ def test_registry_holds_every_variant_under_its_name():
     an unknown name is a ValueError listing the registered ones."""
     assert isinstance(ENCODINGS, Registry)
     modules = {"rope": "rope", "rope_partial": "rope", "rope_linear": "rope", "rope_ntk": "rope",
-               "rope_dynamic": "rope", "yarn": "rope", "llama3": "rope", "none": "absolute",
+               "rope_dynamic": "rope", "yarn": "rope", "llama3": "rope", "longrope": "rope",
+               "rope_proportional": "rope", "none": "absolute",
                "sinusoidal": "absolute", "alibi": "absolute", "pi_spiral": "spiral",
                "pi_spiral_rotary": "spiral", "pi_spiral_hybrid": "spiral", "attractor": "attractor"}
     assert {name: cls.__module__ for name, cls in ENCODINGS.items()} == {
@@ -366,7 +477,9 @@ def test_apply_to_hf_alibi_attention_path_with_zero_slopes_equals_nope():
 
 @pytest.mark.parametrize("name,kw", [("rope", {}), ("rope_dynamic", {"factor": 2.0}), ("alibi", {}),
                                      ("pi_spiral_rotary", {}), ("yarn", {"factor": 4.0}),
-                                     ("rope_partial", {}), ("attractor", {"n_layers": 2})])
+                                     ("rope_partial", {}), ("attractor", {"n_layers": 2}),
+                                     ("longrope", {"original_max_seq_len": 4, "factor": 4.0}),
+                                     ("rope_proportional", {})])
 @pytest.mark.parametrize("positions", ["none", "arange", "shifted", "batched"])
 def test_rotate_packed_equals_rotate_forward_and_backward(name, kw, positions):
     """Queries and keys packed [B, T, Hq + Hk, D] with interleaved pairs (the model's layout,

@@ -176,3 +176,101 @@ def test_edge_lrs_extends_only_boundary_optima():
     table = pd.DataFrame(rows, columns=["optimizer", "lr", "mean"])
     assert studies.edge_lrs(table) == {("muon",): 0.08}
     assert studies.edge_lrs(table.drop(index=8)) == {("muon",): 0.08, ("sgd",): 0.05}
+
+
+def test_holm_family_decisions_read_the_detectable_effect():
+    # Three comparisons with known paired differences; Holm multiplies the smallest p by 3.
+    rows = []
+    for seed, e in enumerate((0.0, 0.01, -0.02, 0.015)):
+        for arm, d in (("base", 0.0), ("big", -0.5 + 0.001 * seed), ("tiny", 0.001 * (-1) ** seed),
+                       ("mid", (0.1, -0.05, 0.08, -0.03)[seed])):
+            rows.append({"seed": seed, "arm": arm, "val_loss": 3.0 + e + d, "diverged": False})
+    frame = pd.DataFrame(rows)
+    pairs = {name: ({"arm": name}, {"arm": "base"}) for name in ("big", "tiny", "mid")}
+    table = studies.compare(frame, pairs, mde=0.02)
+    raw = table["t_p"].to_numpy()
+    order = np.argsort(raw)
+    expected = np.minimum(np.maximum.accumulate((3 - np.arange(3)) * raw[order]), 1.0)
+    assert table["p_holm"].to_numpy()[order] == pytest.approx(expected)
+    decisions = dict(zip(table["comparison"], table["decision"]))
+    assert decisions["big"] == "a better"
+    assert decisions["tiny"] == "cannot decide (difference below the detectable effect)"
+    assert decisions["mid"] == "cannot decide (not significant after Holm)"  # |0.025| >= mde, p large
+    noise = {"seed_std": 0.01}
+    n = 4
+    sd = math.sqrt(2) * 0.01
+    closed = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert studies.detectable_effect(noise, n) == pytest.approx(closed)
+    with pytest.raises(ValueError, match="alpha"):
+        studies.decide({"mean_diff": 0.1}, 0.01, 0.05, alpha=1.5)
+
+
+def test_arms_label_their_own_runs_and_plan_every_run():
+    base = studies.study_config(**TINY)
+    configs = [studies.arm_config(base, arm, lr=0.01, seed=0) for arm in studies.ARMS]
+    frame = pd.DataFrame(configs)
+    assert studies.label_arms(frame)["arm"].tolist() == list(studies.ARMS)
+    moonlight = studies.arm_config(base, "muon_moonlight", lr=0.01)
+    assert moonlight["adjust_lr_fn"] == "match_rms_adamw" and moonlight["adamw_lr"] is None
+    assert studies.arm_config(base, "muon_no_wd")["weight_decay"] == 0.0
+    assert studies.arm_config(base, "dense")["d_ff"] == TINY["d_ff"] * base["top_k"]
+    with pytest.raises(ValueError, match="arm"):
+        studies.arm_config(base, "sgd")
+    with pytest.raises(ValueError, match="adjust_lr_fn"):
+        studies.study_config(adjust_lr_fn="rms")
+    settings = {**studies.QUICK, "base": TINY, "seeds": [0, 1]}
+    planned = studies.planned_configs(settings, base)
+    n_lr = sum(len(studies.arm_lr_grid(settings, a)) for a in settings["arms"]) * 2
+    # A/A (2 seeds + repeat; its 2 seeds are also in the Muon grid), LR sweeps, factorial (its
+    # baseline and claim cells are in the Muon and claim grids), balance (aux 1e-2 is the
+    # baseline): each run once.
+    n_fac = (len(settings["warmups"]) * len(settings["floors"]) - 2) * 2
+    assert len(planned) == 1 + n_lr + n_fac + (len(studies.BALANCE) - 1) * 2
+    runs = studies.planned_runs(settings, base)
+    assert len(runs) == len(planned) and len({r.label for r in runs}) == len(runs)
+    assert all(r.tokens == TINY["steps"] * TINY["batch_size"] * TINY["seq_len"] for r in runs)
+
+
+def test_balance_arms_log_routing_trajectories(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    base = studies.study_config(**TINY, routing_every=2)
+    frame = studies.label_balance(studies.run_study(store, "bal", studies.balance_configs(base, 0.02, [0, 1])))
+    assert sorted(frame["balance"]) == sorted(list(studies.BALANCE) * 2)
+    hist = store.histories("bal")
+    logged = hist.dropna(subset=["max_load_ratio"])
+    assert sorted(set(logged["step"])) == [2, 4, 6]
+    assert (logged["dropped_share"] == 0).all() and (logged["max_load_ratio"] >= 1 - 1e-6).all()
+    assert (logged["router_entropy"] <= math.log(base["n_experts"]) + 1e-6).all()
+    # The aux-free bias moves the selection: its routing differs from aux 0's at the same seed.
+    traj = studies.routing_trajectories(hist, frame)
+    assert set(traj["stat"]) == set(studies.ROUTING_TRAJECTORY_KEYS)
+    piv = traj[traj["stat"] == "load_cv"].pivot(index="step", columns="balance", values="mean")
+    assert not np.allclose(piv["aux 0"], piv["aux-free bias"])
+    studies.plot_routing(traj)
+
+
+def test_conclusion_and_explorer_render_from_the_results(monkeypatch):
+    rows = []
+    for seed, e in enumerate((0.0, 0.01, -0.02)):
+        for arm, lr, d in (("muon", 0.1, 0.0), ("muon", 0.2, 0.05), ("adamw", 0.01, 0.5), ("adamw", 0.02, 0.4 + 0.01 * seed)):
+            rows.append({"seed": seed, "arm": arm, "lr": lr, "val_loss": 3.0 + e + d, "diverged": False,
+                         "warmup": 0.05, "floor": 0.1})
+    frame = pd.DataFrame(rows)
+    best = studies.best_lrs(frame)
+    assert dict(zip(best["arm"], best["lr"])) == {"adamw": 0.02, "muon": 0.1}
+    assert dict(zip(best["arm"], best["at_edge"])) == {"adamw": True, "muon": True}
+    noise = {"seeds": 3, "seed_std": 0.015, "repeat_max_abs_diff": 0.0}
+    mde = studies.detectable_effect(noise, 3)
+    opt = studies.compare(frame, {"muon - adamw": ({"arm": "muon", "lr": 0.1}, {"arm": "adamw", "lr": 0.02})}, mde)
+    tiny = studies.compare(frame, {"muon 0.2 - muon 0.1": ({"arm": "muon", "lr": 0.2}, {"arm": "muon", "lr": 0.1})}, mde)
+    routing = pd.DataFrame({"max_load_ratio": [1.25], "router_entropy": [1.1]}, index=["aux 1e-2"])
+    text = studies.conclusion({"profile": "quick", "steps": 60, "n_seeds": 3, "n_experts": 4, "noise": noise,
+                               "mde": mde, "best": best, "optimizers": opt, "factorial": tiny, "claim": tiny,
+                               "balance": tiny, "routing_final": routing})
+    assert f"**{mde:.3f} nats/token**" in text and "-0.410 [" in text and "**muon lower**" in text
+    assert "at the grid edge" in text and "1.25 / 1.10" in text and f"{math.log(4):.2f}" in text
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
+    fig = studies.explorer(frame, frame.iloc[:0].assign(warmup=[], floor=[]), arm="adamw")
+    assert "adamw at LR 0.02, warm-up 5%, floor 10%: val loss 3.407" in fig.axes[0].get_title()  # middle of its grid
+    with pytest.raises(ValueError, match="arm"):
+        studies.explorer(frame, frame, arm="dense")

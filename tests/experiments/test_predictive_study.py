@@ -61,21 +61,105 @@ def test_summarize_computes_paired_speedups_against_the_target():
     table, target = summarize({"results": results}, target_slack=0.01, speedup_goal=1.3)
     assert target == pytest.approx(3.5 * 1.01)
     row = table.set_index("arm")
-    # plain reaches the target at 10 s and 12 s; fast at 4 s and 3 s -> speedups 2.5 and 4
-    assert row.loc["fast", "speedup_wall"] == pytest.approx(3.25)
-    assert row.loc["fast", "speedup_steps"] == pytest.approx(2.0)
+
+    def cross(l0, l1, x0, x1):  # where the straight line between two evaluations meets the target
+        return x0 + (l0 - target) / (l0 - l1) * (x1 - x0)
+
+    plain_wall = [cross(4.0, 3.0, 5.0, 10.0), cross(4.0, 3.5, 6.0, 12.0)]
+    fast_wall = [cross(5.0, 3.0, 0.0, 4.0), cross(5.0, 3.4, 0.0, 3.0)]
+    plain_step = [cross(4.0, 3.0, 5, 10), cross(4.0, 3.5, 5, 10)]
+    fast_step = [cross(5.0, 3.0, 0, 5), cross(5.0, 3.4, 0, 5)]
+    assert row.loc["fast", "speedup_wall"] == pytest.approx(np.median(np.divide(plain_wall, fast_wall)))
+    assert row.loc["fast", "speedup_steps"] == pytest.approx(np.median(np.divide(plain_step, fast_step)))
+    assert row.loc["plain", "steps_to_target"] == pytest.approx(np.median(plain_step))
     assert row.loc["fast", "predicted_share"] == pytest.approx(0.3)
     assert row.loc["fast", "delta_vs_plain"] == pytest.approx(-0.15)
     assert row.loc["fast", "meets_goal"] and not row.loc["slow", "meets_goal"]
-    assert np.isnan(row.loc["slow", "speedup_wall"]) and row.loc["slow", "seeds_reaching_target"] == 0
-    assert row.loc["plain", "seeds_reaching_target"] == 2
+    # Never reached: every seed censored, the median time is "not reached" (inf), speedup 0.
+    assert row.loc["slow", "speedup_wall"] == 0 and row.loc["slow", "seeds_reaching_target"] == 0
+    assert row.loc["slow", "censored"] == 2 and np.isinf(row.loc["slow", "wall_to_target_s"])
+    assert row.loc["plain", "seeds_reaching_target"] == 2 and row.loc["plain", "censored"] == 0
+
+
+def test_time_to_target_interpolates_and_censored_seeds_count():
+    import pandas as pd
+
+    from lib.experiments.predictive_study import summarize, time_to_target
+    from lib.predictive import HybridResult
+
+    evals = pd.DataFrame({"step": [0, 8, 16], "wall_s": [0.0, 1.0, 3.0], "val_loss": [5.0, 4.0, 3.0]})
+    assert time_to_target(evals, 3.5) == pytest.approx((12.0, 2.0))   # halfway between the last two
+    assert time_to_target(evals, 5.0) == (0.0, 0.0)
+    assert all(np.isnan(time_to_target(evals, 2.0)))
+
+    def result(final):
+        hist = pd.DataFrame({"step": range(4), "real": True, "backward": True, "update_norm": 1.0})
+        ev = pd.DataFrame({"step": [0, 10], "real_steps": 0, "wall_s": [0.0, 1.0], "val_loss": [5.0, final]})
+        return HybridResult(hist, pd.DataFrame(), ev, {}, 1.0)
+
+    # plain's worst final loss 3.0 -> target 3.03; the arm misses it in one seed of three.
+    results = {("plain", s): result(3.0) for s in range(3)}
+    results.update({("arm", 0): result(2.0), ("arm", 1): result(3.0), ("arm", 2): result(4.0)})
+    row = summarize({"results": results})[0].set_index("arm").loc["arm"]
+    reach = [time_to_target(results[("arm", s)].evals, 3.03)[0] for s in range(2)]
+    assert row["censored"] == 1 and row["steps_to_target"] == pytest.approx(max(reach))  # median of 3 with one +inf
+
+
+def test_every_arm_gets_the_lr_grid_and_is_read_at_its_best(one_thread):
+    from lib.experiments.predictive_study import run_protocol
+
+    task = _tiny_task()
+    protocol = run_protocol(task, arms=("plain", "plain_matched"), seeds=(0, 1), lrs=(1e-3, 1e-2))
+    lt = protocol["lr_table"]
+    assert len(lt) == 4 and set(lt["seeds"]) == {2}
+    for arm in ("plain", "plain_matched"):
+        rows = lt[lt["arm"] == arm]
+        assert protocol["best_lr"][arm] == rows.loc[rows["final_val_loss"].idxmin(), "lr"]
+        for seed in (0, 1):
+            res = protocol["results"][(arm, seed)]
+            assert res.extra["lr"] == protocol["best_lr"][arm]
+            assert res is protocol["all"][(arm, protocol["best_lr"][arm], seed)]
+    finals = {k: r.evals["val_loss"].iloc[-1] for k, r in protocol["all"].items()}
+    assert finals[("plain", 1e-3, 0)] != finals[("plain", 1e-2, 0)]   # the LR reached the optimizer
+
+
+def test_planned_runs_cover_every_arm_lr_and_seed():
+    from lib.core import profile_settings
+    from lib.experiments.predictive_study import ARMS, FULL, QUICK, SMOKE, planned_runs
+
+    for profile, smoke in (("quick", False), ("full", False), ("full", True)):
+        s = profile_settings(profile, quick=QUICK, full=FULL, smoke=smoke, smoke_steps=SMOKE)
+        runs = planned_runs(s)
+        assert len(runs) == len(ARMS) * len(s.lrs) * len(s.seeds) + 1
+        assert runs[0].model.d_model == s.d_model and runs[0].tokens == s.steps * s.batch_size * s.seq_len
+    assert SMOKE["jump"] >= 10 and FULL["jump"] >= 10 and QUICK["jump"] >= 10
+
+
+def test_perweight_arm_jumps_once_per_cycle_and_oracle_bounds_the_basis_predictors(one_thread):
+    from lib.experiments.predictive_study import forced_real_steps, horizon_study, run_arm
+
+    task = _tiny_task(steps=60)
+    task.perweight.update(jump=10, every=2, history=2)
+    task.hybrid.update(warmup_steps=12, full_steps=4)
+    cfg = task.hybrid_config("perweight", 60)
+    assert cfg.max_predict_steps == 10 and cfg.correct_steps == 10 and not cfg.check_loss
+    res = run_arm(task, "perweight", seed=0)
+    h = res.history
+    assert int(h["real"].sum()) == forced_real_steps(task, "perweight")
+    pred = h[~h["backward"]]
+    moved = pred[pred["update_norm"] > 0]
+    # Predict phases at steps 16, 36 and 56 (the last one cut by the end of the run): one jump each.
+    assert len(pred) == 24 and len(moved) == 3 and (moved["horizon"] == 1).all()
+    hs = horizon_study(task, predictors=("null", "linear", "ema", "oracle"), horizon=3, anchor_every=5, start=20)
+    first = hs[hs["k"] == 1].pivot(index="anchor", columns="predictor", values="step_error")
+    assert (first["oracle"] <= first[["null", "linear", "ema"]].min(axis=1) + 1e-6).all()
 
 
 def test_the_task_shares_train_config_settings_with_every_arm():
     from lib.experiments.predictive_study import EVAL_BATCH_SIZE, QUICK, make_task
 
     task = _tiny_task(lr=1e-3, grad_clip=0.5, seed=3)
-    for arm in ("plain", "null", "rssm_gated", "plain_matched"):
+    for arm in ("plain", "null", "rssm_gated", "perweight", "plain_matched"):
         cfg = task.hybrid_config(arm, 18)
         assert cfg.train.steps == 18 and cfg.train.grad_clip == 0.5 and cfg.train.eval_every == 10
         assert cfg.train.seed == 3 and cfg.train.batch_size == 4
@@ -84,6 +168,7 @@ def test_the_task_shares_train_config_settings_with_every_arm():
     assert gated.confidence_threshold == 0.5 and gated.predict_length == "confidence"
     model = task.build_model(0)
     assert {g["lr"] for g in task.build_optimizer(model).param_groups} == {1e-3}
+    assert {g["lr"] for g in task.build_optimizer(model, 4e-3).param_groups} == {4e-3}
     quick = make_task(dict(QUICK, train_tokens=20_000))
     assert quick.train.steps == QUICK["steps"] and quick.train.eval_batch_size == EVAL_BATCH_SIZE
     assert quick.hybrid["warmup_steps"] == QUICK["warmup_steps"] and str(quick.device) == "cpu"
@@ -116,6 +201,12 @@ def test_task_and_protocol_inputs_are_validated():
         LMTask(task.data, task.model_config, task.train, hybrid=dict(max_predict_steps=0))
     with pytest.raises(ValueError, match="arm"):
         run_arm(task, "oracle", 0)
+    with pytest.raises(ValueError, match="lr"):
+        run_arm(task, "plain", 0, lr=0.0)
+    with pytest.raises(ValueError, match="lrs"):
+        run_protocol(task, lrs=())
+    with pytest.raises(ValueError, match="jump"):
+        LMTask(task.data, task.model_config, task.train, perweight=dict(jump=5, every=5))
     with pytest.raises(ValueError, match="seed"):
         run_arm(task, "plain", -1)
     with pytest.raises(ValueError, match="arms"):
@@ -129,3 +220,37 @@ def test_task_and_protocol_inputs_are_validated():
     for kw in (dict(target_slack=-0.1), dict(speedup_goal=0), dict(speedup_goal=float("nan"))):
         with pytest.raises(ValueError, match=next(iter(kw))):
             summarize({"results": {}}, **kw)
+
+
+def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
+    import pandas as pd
+
+    from lib.experiments.predictive_study import conclusion, explorer, summarize, timing_summary
+    from lib.predictive import HybridResult
+
+    def result(vals, walls):
+        hist = pd.DataFrame({"step": range(4), "real": True, "backward": True, "update_norm": 1.0})
+        ev = pd.DataFrame({"step": [0, 5, 10], "real_steps": 0, "wall_s": walls, "val_loss": vals})
+        return HybridResult(hist, pd.DataFrame(), ev, {}, walls[-1])
+
+    results = {("plain", s): result([5.0, 4.0, 3.0], [0.0, 5.0, 10.0]) for s in (0, 1)}
+    results.update({("fast", s): result([5.0, 3.0, 2.99], [0.0, 2.0, 4.0]) for s in (0, 1)})
+    table, target = summarize({"results": results, "best_lr": {"plain": 1e-3, "fast": 2e-3}})
+    lr_table = pd.DataFrame({"arm": ["plain", "fast"], "lr": [1e-3, 2e-3], "best": True, "at_edge": [False, True]})
+    horizon = pd.DataFrame({"null": [1.0, 1.0], "linear": [0.4, 0.7], "oracle": [0.3, 0.5]}, index=[1, 2])
+    text = conclusion(table, target, lr_table, horizon, dict(profile="quick", steps=10, seeds=(0, 1), lrs=(1e-3, 2e-3)))
+    assert f"{target:.3f} nats/token" in text and "fast 0.002" in text and "edge of the grid for fast" in text
+    assert "oracle 0.50" in text.replace("linear 0.70, ", "") and "bounds every" in text
+    costs = pd.DataFrame({"arm": ["plain", "fast"], "real_step_s": [1.0, 1.0], "predicted_step_s": [float("nan"), 0.1],
+                          "real_over_plain": [1.0, 1.1], "predicted_over_plain": [float("nan"), 0.1]})
+    timing = timing_summary(table, costs)
+    assert "met by fast" in timing and f"{table.set_index('arm').loc['fast', 'speedup_wall']:.2f}x" in timing
+    table.loc[:, "meets_goal"] = False
+    assert "no arm gets there" in timing_summary(table, costs)
+    study = pd.DataFrame({"predictor": ["linear"] * 2, "anchor": 0, "k": [1, 2], "latency_s": 0.1,
+                          "step_error": [0.4, 0.8], "cum_error": [0.4, 0.7]})
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
+    fig = explorer(table, study, predictor="linear")
+    assert "cumulative error at k=2: 0.70" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="predictor"):
+        explorer(table, study, predictor="rssm")

@@ -186,16 +186,17 @@ def test_load_hf_model_from_a_local_folder(tmp_path):
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])
 def test_split_projections_equal_fused_forward_and_backward(monkeypatch, n_kv_heads):
-    """Above SPLIT_PROJECTION_MIN_TOKENS the fused QKV and gate-up projections run as one GEMM
-    per piece: the same logits and gradients as the fused GEMM + split."""
+    """The fused QKV and gate-up projections run as one GEMM per piece ("split") give the same
+    logits and gradients as the fused GEMM + split, so "auto" may take either."""
     import lib.models as models
+    import lib.models.transformer as transformer_module
 
     torch.manual_seed(0)
     model = Transformer(tiny(n_kv_heads=n_kv_heads))
     x = torch.randint(0, model.config.vocab_size, (2, 24))
     results = []
-    for threshold in (10**9, 1):  # fused everywhere, then split everywhere
-        monkeypatch.setattr(models, "SPLIT_PROJECTION_MIN_TOKENS", threshold)
+    for impl in ("fused", "split"):  # what "auto" would choose, forced everywhere
+        monkeypatch.setattr(transformer_module, "choose", lambda key, make, static, device="cpu", impl=impl: impl)
         model.zero_grad(set_to_none=True)
         out = model(x, x)
         out.loss.backward()

@@ -18,6 +18,8 @@ from lib.predictive import (
     HybridTrainer,
     LinearPredictor,
     NullPredictor,
+    Observation,
+    PerWeightPredictor,
     Predictor,
     UpdateBasis,
     build_predictor,
@@ -385,7 +387,7 @@ def test_inputs_are_validated():
 
 
 def test_predictors_are_a_registry_built_by_name():
-    assert sorted(PREDICTORS) == ["ema", "linear", "null", "rssm"]
+    assert sorted(PREDICTORS) == ["ema", "linear", "null", "perweight", "rssm"]
     for name in PREDICTORS:
         predictor = build_predictor(name)
         assert isinstance(predictor, Predictor) and predictor.name == name
@@ -394,7 +396,7 @@ def test_predictors_are_a_registry_built_by_name():
     assert build_predictor("null", residual_decay=0.5).residual_decay == 0.5
     assert build_predictor("rssm", window=16, seq_len=4).window == 16
     for name in ("oracle", "", None, ["null"]):
-        with pytest.raises(ValueError, match=r"predictor must be one of \['plain', 'null', 'linear', 'ema', 'rssm'\]"):
+        with pytest.raises(ValueError, match=r"predictor must be one of \['plain', 'null', 'linear', 'ema', 'rssm', 'perweight'\]"):
             build_predictor(name)
     with pytest.raises(TypeError):
         build_predictor("linear", window=3)  # not a LinearPredictor setting
@@ -480,3 +482,70 @@ def test_rssm_predictor_drives_the_trainer_and_moves_the_weights(one_thread):
     assert predicted["predicted_loss"].notna().all()
     assert res.history.loc[res.history["real"] & (res.history["step"] > 20), "residual"].notna().all()
     assert res.memory["predictor_bytes"] > 0 and np.isfinite(res.history["loss"].dropna()).all()
+
+
+# ---------------------------------------------------------------- the per-weight predictor
+def _trajectory(predictor, steps, velocity):
+    """Drive ``predictor`` along weights that move by ``velocity(t)`` at real step t."""
+    params = [torch.zeros(6), torch.zeros(4, 3)]
+    basis = UpdateBasis(params)
+    predictor.bind(basis)
+    g = torch.Generator().manual_seed(0)
+    direction = [torch.randn(p.shape, generator=g) for p in params]
+    for t in range(steps):
+        basis.snapshot()
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(velocity(t) * d)
+        dots = basis.real_update()
+        predictor.observe(Observation(step=t, loss=1.0, lr_mult=1.0, gap=1, coefficients=fit_coefficients(dots),
+                                      update_norms=np.sqrt(dots["dd"]), grad_norms=np.ones(2)))
+    return params, basis, torch.cat([d.flatten() for d in direction])
+
+
+def test_perweight_starts_as_linear_extrapolation_and_learns_a_decelerating_trajectory():
+    pred = PerWeightPredictor(history=3, every=1, jump=10, seed=0)
+    params, basis, direction = _trajectory(pred, 12, lambda t: 0.01)
+    assert not pred.ready  # never fitted
+    # Untrained (zero output layer): the jump is jump x the last update, exactly.
+    torch.testing.assert_close(pred.predict_jump([1.0] * 10), 10 * basis.u, rtol=1e-5, atol=1e-9)
+    # A trajectory slowing by 0.8 per step: the next 10 steps move sum_{i=1..10} 0.8^i of the last update.
+    decay = 0.8
+    pred = PerWeightPredictor(history=3, every=1, jump=10, seed=0, fit_iters=4)
+    params, basis, direction = _trajectory(pred, 16, lambda t: decay ** t)
+    truth = basis.u * sum(decay ** i for i in range(1, 11))
+
+    def error():
+        return float((pred.predict_jump([1.0] * 10) - truth).norm() / truth.norm())
+
+    before = error()
+    assert before == pytest.approx((10 - truth.norm() / basis.u.norm()).item() / (truth.norm() / basis.u.norm()).item(),
+                                   rel=1e-4)
+    for _ in range(150):
+        pred.fit()
+    assert pred.ready and error() < 0.5 * before
+    assert 0.0 <= pred.confidence() <= 1.0 and pred.nbytes > 0
+
+
+def test_perweight_applies_one_jump_and_keeps_its_real_progress_coordinate():
+    pred = PerWeightPredictor(history=2, every=2, jump=10)
+    params, basis, _ = _trajectory(pred, 30, lambda t: 0.01)
+    pred.fit()
+    pred.start_rollout([1.0] * 11)
+    before = torch.cat([p.detach().flatten() for p in params]).clone()
+    norms = [basis.apply(pred.next_update(basis, k, 1.0)) for k in range(1, 11)]
+    after = torch.cat([p.detach().flatten() for p in params])
+    assert norms[0] > 0 and norms[1:] == [0.0] * 9
+    torch.testing.assert_close(after - before, pred.jumped)
+    # An imagined rollout on a shadow basis leaves the bookkeeping alone.
+    jumped = pred.jumped.clone()
+    pred.next_update(basis.shadow(), 1, 1.0)
+    torch.testing.assert_close(pred.jumped, jumped)
+    # The next snapshot subtracts the jump: R still advances by the real updates only.
+    assert pred.snapshots[-1][0] == 30
+    for kwargs, name in ((dict(jump=5), "jump"), (dict(jump=12, every=5), "jump"), (dict(history=1), "history"),
+                         (dict(lr=0.0), "lr")):
+        with pytest.raises(ValueError, match=name):
+            PerWeightPredictor(**kwargs)
+    with pytest.raises(ValueError, match="basis"):
+        PerWeightPredictor().bind(None)

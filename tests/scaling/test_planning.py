@@ -12,6 +12,7 @@ from lib.models import ModelConfig, Transformer
 from lib.scaling import (
     chinchilla_flops_per_token,
     count_params,
+    lr_for_widths,
     plan_sweep,
     shape_for_params,
     sweep_configs,
@@ -23,7 +24,7 @@ PLAN_KW = dict(vocab_size=256, seq_len=64, batch_size=8, head_dim=16, tokens_per
 def test_plan_sweep_spends_budgets_and_reports_infeasible():
     budgets = [1e12, 1e13]
     plan = plan_sweep(budgets, vocab_size=256, seq_len=64, batch_size=8, n_sizes=5, span=16,
-                      head_dim=16, corpus_tokens=3_000_000, min_params=30_000,
+                      head_dim=16, corpus_tokens=3_000_000, min_params=30_000, flops="6nd",
                       tokens_per_second=1e5)
     assert len(plan) == 10  # nothing is dropped
     step_flops = plan["flops_per_token"] * 8 * 64
@@ -150,3 +151,31 @@ def test_sweep_configs_checks_its_arguments(plan, change, match):
 def test_sweep_configs_wants_a_plan():
     with pytest.raises(ValueError, match="plan"):
         sweep_configs({"feasible": []}, batch_size=8, seq_len=64)
+
+
+def test_plan_sweep_counts_appendix_f_flops_by_default_and_shows_how_far_6n_strays():
+    exact = plan_sweep([1e13, 4e13], **PLAN_KW)
+    six = plan_sweep([1e13, 4e13], **PLAN_KW, flops="6nd")
+    for _, row in exact.iterrows():  # default: Chinchilla Appendix F, the independent count
+        assert row["flops_per_token"] == chinchilla_flops_per_token(row["shape"])
+        assert row["flops_exact"] == row["flops_actual"]
+    step = exact["flops_per_token"] * 8 * 64
+    assert np.all(np.abs(exact["flops_exact"] - exact["budget"]) <= step / 2 + 1e-6)
+    np.testing.assert_allclose(six["flops_6nd"], 6 * six["n_params"] * six["tokens"])
+    ratio = six["flops_exact"] / six["budget"]  # real FLOPs of a 6N row: more than budgeted
+    assert ratio.min() > 1.05 and ratio.max() / ratio.min() > 1.02
+    assert (exact["tokens"] < six["tokens"]).all()
+
+
+def test_lr_for_widths_is_the_stated_rule_and_sweep_configs_uses_it_per_size():
+    plan = plan_sweep([1e13], **PLAN_KW)
+    lrs = lr_for_widths(plan["d_model"], base_lr=1e-2, base_width=32)
+    for w, lr in lrs.items():
+        assert lr == pytest.approx(1e-2 * 32 / w)
+    configs = sweep_configs(plan, lr=lrs, batch_size=8, seq_len=64)
+    assert {c["lr"] for c in configs} == {lrs[c["model"]["d_model"]] for c in configs}
+    assert len({c["lr"] for c in configs}) > 1
+    with pytest.raises(ValueError, match="lacks the planned widths"):
+        sweep_configs(plan, lr={999: 1e-3}, batch_size=8, seq_len=64)
+    with pytest.raises(ValueError, match="base_width"):
+        lr_for_widths([16], base_lr=1e-2, base_width=0)

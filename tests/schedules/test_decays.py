@@ -134,6 +134,20 @@ def test_cosine_plateau_shape_properties():
             assert np.ptp(flat) == 0.0 and len(flat) > 0
 
 
+@pytest.mark.parametrize("plateaus", [[(0.0, 1.0)], [(0.0, 0.5), (0.5, 0.5)], [(0.0, 0.25), (0.25, 0.75)]])
+def test_cosine_plateau_covering_every_step_holds_the_peak(plateaus):
+    # Plateaus filling all post-warm-up steps leave no cosine time: every plateau starts at
+    # position 0 of the global cosine, the peak, so the LR is 1.0 from the end of warm-up to
+    # total_steps (then the floor), the limit of (0.0, 1 - eps) as eps -> 0.
+    sched = S.CosinePlateau(1000, 100, 0.1, plateaus=plateaus)
+    steps = np.arange(1200)
+    expected = np.where(steps < 100, steps / 100, np.where(steps < 1000, 1.0, 0.1))
+    np.testing.assert_array_equal(sched.curve(steps), expected)
+    np.testing.assert_array_equal([sched(int(s)) for s in steps], expected)
+    nearly = S.CosinePlateau(1000, 100, 0.1, plateaus=[(0.0, 0.999)])  # the continuous neighbour
+    assert nearly.curve(np.arange(100, 999)).min() == 1.0
+
+
 def test_cosine_plateau_without_plateaus_is_warmup_cosine():
     np.testing.assert_allclose(S.CosinePlateau(T, W, 0.1).curve(STEPS),
                                S.WarmupCosine(T, W, 0.1).curve(STEPS), rtol=0, atol=1e-15)

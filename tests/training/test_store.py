@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 from lib.core import summarize
-from lib.training import RunStore, make_run_id, run_sweep
+from lib.training import IncompleteSweep, RunStore, make_run_id, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,6 +158,11 @@ def test_bad_input(tmp_path):
 @pytest.mark.parametrize("call, match", [
     (lambda store: RunStore(store.path, timeout=True), "timeout"),
     (lambda store: RunStore(store.path, timeout=0), "timeout"),
+    (lambda store: RunStore(store.path, lease_s=float("inf")), "lease_s"),
+    (lambda store: store.hold(None), "run_id"),
+    (lambda store: run_sweep(store, "s", [{"a": 1}], lambda c: {}, progress=False, require_complete=1),
+     "require_complete"),
+    (lambda store: store.require_complete("s", [3]), r"configs\[0\]"),
     (lambda store: store.claim("s", {"a": 1}, steal=1), "steal"),
     (lambda store: store.claim(3, {"a": 1}), "sweep"),
     (lambda store: store.finish(store.claim("s", {"a": 2})[0], {}, seconds=True), "seconds"),
@@ -246,12 +251,116 @@ def test_interrupts_and_runs_owned_elsewhere(tmp_path):
         run_sweep(store, "k", [{"a": 1}, {"a": 2}], interrupted, progress=False)
     df = store.frame("k")
     assert df["status"].tolist() == ["failed"] and df.loc[0, "error"] == "KeyboardInterrupt"
-    # a run another host holds is left alone unless stolen
-    rid = make_run_id("k", {"a": 1})
-    with sqlite3.connect(path) as con:
-        con.execute("UPDATE runs SET status = 'running', host = 'elsewhere', pid = 1 WHERE run_id = ?", (rid,))
+    # an interrupted run is ours and nothing renews it: the next sweep takes it
     df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False)
-    assert df.set_index("a")["status"].to_dict() == {1: "running", 2: "done"}
-    df = run_sweep(store, "k", [{"a": 1}, {"a": 2}], lambda c: {"v": c["a"]}, progress=False, steal=True)
-    assert (df["status"] == "done").all() and df["v"].tolist() == [1, 2]
+    assert (df["status"] == "done").all() and df["attempts"].tolist() == [2, 1]
+
+
+def _hold_elsewhere(path, run_id, lease_s, host="elsewhere", pid=1, owner="elsewhere:1:abc"):
+    """Make ``run_id`` a running run claimed by another process with a lease ``lease_s`` ahead."""
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE runs SET status = 'running', host = ?, pid = ?, owner = ?, lease_expires = ?, "
+                    "metrics = NULL WHERE run_id = ?", (host, pid, owner, time.time() + lease_s, run_id))
+
+
+def test_runs_busy_elsewhere_are_reported_and_never_returned(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    configs = [{"a": 1}, {"a": 2}, {"a": 3}]
+    run_sweep(store, "k", configs, lambda c: {"v": c["a"]}, progress=False)
+    busy = make_run_id("k", configs[0])
+    _hold_elsewhere(path, busy, lease_s=600)
+    ran = []
+    with pytest.warns(RuntimeWarning, match=rf"1 of 3 runs of sweep 'k' are still running elsewhere.*{busy}"):
+        df = run_sweep(store, "k", configs, lambda c: ran.append(c["a"]) or {"v": c["a"]}, progress=False)
+    assert ran == [] and df["a"].tolist() == [2, 3] and (df["status"] == "done").all()
+    assert df.attrs["busy"] == [busy] and list(df.attrs["incomplete"]) == [busy]
+    assert df.attrs["incomplete"][busy].startswith("running on elsewhere (lease until 20")
+    with pytest.raises(IncompleteSweep, match=rf"1 of 3 runs are not done: {busy}: running on elsewhere") as err:
+        run_sweep(store, "k", configs, lambda c: {"v": c["a"]}, progress=False, require_complete=True)
+    assert list(err.value.missing) == [busy] and isinstance(err.value, RuntimeError)
+    with pytest.raises(IncompleteSweep, match=busy):
+        store.require_complete("k")
+    assert store.require_complete("k", configs[1:])["a"].tolist() == [2, 3]
+    # a failed run and a run never started are named too
+    assert store.fail(make_run_id("k", configs[1]), "late") is False   # a done run stays done
+    store.fail(store.claim("k", {"a": 4})[0], "Traceback ...\nRuntimeError: out of memory")
+    with pytest.raises(IncompleteSweep) as err:
+        store.require_complete("k", [*configs, {"a": 4}, {"a": 5}])
+    assert list(err.value.missing.values())[1:] == ["failed: RuntimeError: out of memory", "not started"]
+    with pytest.raises(IncompleteSweep, match="has no runs"):
+        store.require_complete("nothing")
+    # steal takes a live lease
+    df = run_sweep(store, "k", configs, lambda c: {"v": c["a"]}, progress=False, steal=True)
+    assert df.set_index("a")["status"].to_dict() == {1: "done", 2: "done", 3: "done", 4: "failed"}
+    assert df.attrs["busy"] == [] and df["v"].tolist()[:3] == [1, 2, 3]
     assert df.set_index("a").loc[1, "host"] == store.host
+    assert len(store.require_complete("k", configs)) == 3
+
+
+def test_expired_leases_and_reused_pids_are_reclaimed(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path)
+    configs = [{"a": 1}, {"a": 2}, {"a": 3}]
+    run_sweep(store, "k", configs, lambda c: {"v": c["a"]}, progress=False)
+    ids = [make_run_id("k", c) for c in configs]
+    _hold_elsewhere(path, ids[0], lease_s=-1.0)                       # died on another host: expired
+    _hold_elsewhere(path, ids[1], lease_s=600, host=store.host, pid=os.getpid())   # our pid, not our token
+    _hold_elsewhere(path, ids[2], lease_s=600, host=store.host, pid=1)  # pid 1 is alive: wait for the lease
+    assert [store.claim("k", c)[1] for c in configs] == ["claimed", "claimed", "busy"]
+    _hold_elsewhere(path, ids[2], lease_s=-1.0, host=store.host, pid=1)
+    assert store.claim("k", configs[2])[1] == "claimed"
+    assert [store.get(i)["owner"] for i in ids] == [store.owner] * 3
+
+
+def test_heartbeat_renews_the_lease_and_notices_losing_it(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite", lease_s=0.15)
+    run_id, outcome = store.claim("h", {"a": 1})
+    assert outcome == "claimed"
+    first = store.get(run_id)["lease_expires"]
+    with store.hold(run_id) as lease:
+        time.sleep(0.6)                                       # four lease lengths: only renewal keeps it
+        now = time.time()
+        assert store.get(run_id)["lease_expires"] > max(now, first)
+        assert store.claim("h", {"a": 1})[1] == "busy"        # held by a live heartbeat of this process
+        assert not lease.lost
+        _hold_elsewhere(store.path, run_id, lease_s=600)      # expired and taken elsewhere meanwhile
+        time.sleep(0.2)
+        assert lease.lost
+    assert store.get(run_id)["owner"] == "elsewhere:1:abc"
+    assert store.claim("h", {"a": 1})[1] == "busy"
+
+
+def test_a_result_is_recorded_once_and_fail_never_overwrites_done(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id, _ = store.claim("r", {"a": 1})
+    with sqlite3.connect(store.path) as con:                  # another process recorded it first
+        con.execute("UPDATE runs SET status = 'done', metrics = '{\"v\": 1}', owner = 'x' WHERE run_id = ?",
+                    (run_id,))
+    assert store.finish(run_id, {"v": 2}, 1.0) is False and store.get(run_id)["metrics"] == {"v": 1}
+    assert store.fail(run_id, "late failure") is False and store.get(run_id)["status"] == "done"
+    other, _ = store.claim("r", {"a": 2})
+    _hold_elsewhere(store.path, other, lease_s=600)
+    assert store.fail(other, "not ours") is False and store.get(other)["status"] == "running"
+    mine, _ = store.claim("r", {"a": 3})
+    assert store.finish(mine, {"v": 3}, 1.0) is True and store.finish(mine, {"v": 4}, 1.0) is True
+    with pytest.raises(ValueError, match="is not in"):
+        store.finish("0" * 16, {}, 1.0)
+    assert store.integrity_check() == "ok"
+
+
+def test_a_store_written_before_leases_is_upgraded(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:
+        con.executescript("""CREATE TABLE runs (run_id TEXT PRIMARY KEY, sweep TEXT NOT NULL,
+            config TEXT NOT NULL, seed INTEGER, status TEXT NOT NULL, metrics TEXT, error TEXT,
+            started TEXT, finished TEXT, seconds REAL, host TEXT, pid INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE history (run_id TEXT PRIMARY KEY, records TEXT NOT NULL);""")
+        con.execute("INSERT INTO runs (run_id, sweep, config, status, host, pid, attempts) "
+                    "VALUES (?, 'old', '{\"a\":1}', 'running', 'gone-host', 7, 1)", (make_run_id("old", {"a": 1}),))
+    store = RunStore(path)
+    RunStore(path)                                            # opening twice adds nothing twice
+    df = run_sweep(store, "old", [{"a": 1}], lambda c: {"v": 1}, progress=False)
+    assert df["status"].tolist() == ["done"] and df["attempts"].tolist() == [2]
+    assert store.integrity_check() == "ok"
