@@ -288,24 +288,27 @@ def _strip_volatile_metadata(nb: dict) -> None:
 
 
 @task(help={
-    "fast": "unit tests only (skip the full-profile smoke runs and nbval over the notebooks)",
+    "fast": "unit tests only (skip nbval over the notebooks)",
+    "smoke": "also run every notebook's full profile in smoke mode (tests/test_full_profile.py; tens of minutes)",
     "workers": "pytest-xdist workers for the unit tests (default 2)",
     "only": "comma-separated notebook prefixes for nbval, e.g. 01,03",
     "latest": "run the suite in a throwaway env (build/latest-env) of the newest releases",
     "latest_torch": "with --latest, let torch float too (may pull a multi-GB CUDA build)",
 })
 def test(c, fast: bool = False, workers: int = 2, only: str | None = None, latest: bool = False,
-         latest_torch: bool = False):
+         latest_torch: bool = False, smoke: bool = False):
     """Unit tests, then nbval re-executing every notebook and checking its key outputs."""
     if latest:
         python = _latest_env(c, latest_torch)
         flags = " --fast" if fast else ""
+        flags += " --smoke" if smoke else ""
         flags += f" --only {only}" if only else ""
         c.run(f"{python} -m invoke test --workers {workers}{flags}", pty=False)
         return
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg", **BATCH)
-    # --fast: unit tests only; the full-profile smoke runs (tests/test_full_profile.py) execute notebooks.
-    select = ' -m "not full_profile"' if fast else ""
+    # The full-profile smoke runs (tests/test_full_profile.py) execute every notebook at the full
+    # shapes: tens of minutes on 2 cores, so only with --smoke.
+    select = "" if smoke else ' -m "not full_profile"'
     c.run(f"{sys.executable} -m pytest tests -q -n {workers}{select}", env=env, pty=False)
     if fast:
         return

@@ -566,6 +566,11 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "not reached" if math.isinf(x) else f"{x:.{digits}f}"
 
 
+def _speedup(median_steps: float, speedup: float) -> str:
+    """A speedup read from the medians; none where the median seed never reached the target."""
+    return f"{speedup:.2f}x" if math.isfinite(median_steps) else "none (the median seed never reached the target)"
+
+
 def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horizon: pd.DataFrame,
                settings) -> str:
     """Notebook 05's conclusion as Markdown from the quantities that are deterministic given the
@@ -595,7 +600,7 @@ def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horiz
             f"{r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}; {int(r['real_steps'])} real steps; "
             f"target reached in {int(r['seeds_reaching_target'])} of {int(r['seeds'])} seeds "
             f"({int(r['censored'])} censored), median step {_fmt(r['steps_to_target'], 1)}, median step speedup "
-            f"{r['speedup_steps']:.2f}x.")
+            f"{_speedup(r['steps_to_target'], r['speedup_steps'])}.")
     k = int(horizon.index.max())
     err = horizon.loc[k]
     order = ", ".join(f"{name} {err[name]:.2f}" for name in err.sort_values().index)

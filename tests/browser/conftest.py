@@ -180,6 +180,7 @@ def lab(browser_available, tmp_path_factory):
     root = tmp_path_factory.mktemp("lab-root")
     shutil.copytree(ROOT / "notebooks", root / "notebooks",
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "benchmarks").symlink_to(ROOT / "benchmarks")  # notebook 01 imports bench_schedules
     settings = root / "lab-settings"
     _lab_settings(settings)
     port, token = _free_port(), secrets.token_hex(16)
