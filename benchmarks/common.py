@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -27,10 +25,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 aten = torch.ops.aten
 
 # Kernels whose cost is arithmetic, not overhead: GEMMs and fused attention (CPU and CUDA).
-# The models' "auto" kernels measure only with a persistent cache (lib.models.dispatch): the
-# benchmarks time what a calibrated machine runs.
-os.environ.setdefault("WORKBENCH_DISPATCH_CACHE", str(Path(__file__).resolve().parents[1] / "build" / "dispatch.json"))
-
 HEAVY_PACKETS = {
     aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._grouped_mm,
     aten._scaled_dot_product_flash_attention_for_cpu,

@@ -73,7 +73,15 @@ from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer, routing_summary
 from lib.scaling import PlannedRun
 from lib.schedules import WarmupCosine
-from lib.training import RunStore, TrainConfig, build_optimizers, make_run_id, run_sweep, train
+from lib.training import (
+    EXECUTORS,
+    RunStore,
+    TrainConfig,
+    build_optimizers,
+    make_run_id,
+    run_sweep,
+    train,
+)
 
 __all__ = [
     "QUICK", "FULL", "SMOKE", "DEFAULTS", "OPTIMIZERS", "MLPS", "ROUTING_KEYS", "ROUTING_TRAJECTORY_KEYS",
@@ -375,20 +383,25 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int = 1,
-              progress: bool = False) -> pd.DataFrame:
+              progress: bool = False, executor: str = "local", ray_address: str | None = None) -> pd.DataFrame:
     """Run ``configs`` as ``sweep`` in ``store`` (a ``lib.training.RunStore``); return their rows
     (done runs of exactly these configs, one per config, as ``store.frame`` columns).
 
     Done runs are skipped, so calling again resumes. ``workers > 1`` starts that many
     processes (spawn) that claim runs from the same SQLite store; each run is single-threaded
     by default (``threads``), which is how small models use a multi-core CPU best.
+    ``executor="ray"`` runs each config as a Ray task on the cluster at ``ray_address``
+    instead (``lib.training.run_sweep``; ``workers`` is then unused).
     """
 
     if not isinstance(store, RunStore):
         raise ValueError(f"store must be a lib.training.RunStore, got {type(store).__name__}")
     workers = check_int("workers", workers, 1)
+    check_choice("executor", executor, EXECUTORS)
     configs = [study_config(**c) for c in configs]
-    if workers > 1:
+    if executor == "ray":
+        run_sweep(store, sweep, configs, run_config, progress=progress, executor="ray", ray_address=ray_address)
+    elif workers > 1:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(configs, f)
         cmd = [sys.executable, "-c", "from lib.experiments.moe_lr_study import main; main()",
@@ -399,7 +412,7 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
         if any(failed):
             warnings.warn(f"sweep workers exited with codes {failed}; their unfinished runs run here",
                           RuntimeWarning, stacklevel=2)
-    # Single process, or a sweep-up of anything a worker left failed.
+    # Single process, or a sweep-up of anything a worker (or a Ray task) left failed.
     run_sweep(store, sweep, configs, run_config, progress=progress)
     frame = store.frame(sweep)
     wanted = {make_run_id(sweep, c) for c in configs}
@@ -511,15 +524,16 @@ def edge_lrs(summary: pd.DataFrame, by: Sequence[str] | str = "optimizer", facto
 
 
 def lr_sweep(store, base: dict[str, Any], settings, workers: int = 1, sweep: str = "study",
-             log=print) -> pd.DataFrame:
+             log=print, **run_kw) -> pd.DataFrame:
     """Every arm of ``settings.arms`` over its whole LR grid and every seed, widened by a
     factor 2 outwards (up to ``settings.max_extensions`` times) wherever an arm's best LR sits
-    at the edge of its grid; returns the labelled frame (``label_arms``) of those runs."""
+    at the edge of its grid; returns the labelled frame (``label_arms``) of those runs.
+    ``run_kw`` (``executor``, ``ray_address``) goes to ``run_study``."""
     s = settings if isinstance(settings, dict) else vars(settings)
     configs = [arm_config(base, arm, lr=lr, seed=seed) for arm in s["arms"] for lr in arm_lr_grid(s, arm)
                for seed in s["seeds"]]
     for extension in range(s["max_extensions"] + 1):
-        frame = label_arms(run_study(store, sweep, configs, workers=workers), s["arms"])
+        frame = label_arms(run_study(store, sweep, configs, workers=workers, **run_kw), s["arms"])
         edges = edge_lrs(summarize(frame.dropna(subset=["arm"]), ["arm", "lr"]), "arm")
         if not edges or extension == s["max_extensions"]:
             return frame

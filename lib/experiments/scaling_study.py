@@ -43,7 +43,7 @@ from lib.scaling import (
     sweep_configs,
 )
 from lib.schedules import WarmupCosine
-from lib.training import RunStore, TrainConfig, run_sweep, train
+from lib.training import EXECUTORS, RunStore, TrainConfig, run_sweep, train
 
 # Notebook 03's profiles. quick: CPU, minutes (budgets of 1e10 FLOPs on the embedded corpus, one
 # sweep seed and three repeat seeds at each budget's centre). full: the real sweep, for a GPU.
@@ -54,7 +54,7 @@ QUICK = dict(budgets=[1.5e10, 3e10, 6e10], n_sizes=5, span=8.0, tokens_per_param
              eval_batches=16, max_steps=None, curve_points=25, n_bootstrap=2000,
              n_bootstrap_parametric=100, threads=1,
              stdlib=True, stdlib_budgets=[2e10, 4e10, 8e10], stdlib_vocab_size=384,
-             stdlib_n_sizes=4, stdlib_n_train_tokens=2_000_000)
+             stdlib_n_sizes=4, stdlib_n_train_tokens=2_000_000, plan_corpus_tokens=None)
 FULL = dict(budgets=[1e15, 3e15, 1e16, 3e16], n_sizes=7, span=16.0, tokens_per_param=20.0,
             vocab_size=256, seq_len=256, batch_size=64, head_dim=64, aspect_ratio=32.0,
             lr=3e-3, lr_base_width=256, lr_multipliers=(0.5, 1.0, 2.0),
@@ -63,8 +63,11 @@ FULL = dict(budgets=[1e15, 3e15, 1e16, 3e16], n_sizes=7, span=16.0, tokens_per_p
 # The full profile end to end on a CPU in about a minute: its budgets' corners (smallest, one
 # middle, largest: 3 are needed for the extrapolation check), every size, seed and LR multiple,
 # one optimizer step of one sequence per run.
+# Its corpus is small (one step per run needs little), but the plan is the full one: which rows
+# are feasible is decided by the full corpus (plan_corpus_tokens), so it trains the same shapes.
 SMOKE = dict(budgets=[1e15, 3e15, 3e16], max_steps=1, batch_size=1, eval_batches=1,
-             n_train_tokens=1_000_000, max_epochs=1e9, n_bootstrap=200, n_bootstrap_parametric=4)
+             n_train_tokens=1_000_000, plan_corpus_tokens=FULL["n_train_tokens"], n_bootstrap=200,
+             n_bootstrap_parametric=4)
 
 
 # --------------------------------------------------------------------------- plan and runs
@@ -82,7 +85,8 @@ def make_plan(settings, *, vocab_size=None, budgets=None, n_sizes=None, corpus_t
                       n_sizes=s.n_sizes if n_sizes is None else n_sizes, span=s.span,
                       tokens_per_param=s.tokens_per_param, head_dim=s.head_dim,
                       aspect_ratio=s.aspect_ratio, flops=s.flops if flops is None else flops,
-                      corpus_tokens=s.n_train_tokens if corpus_tokens is None else corpus_tokens,
+                      corpus_tokens=(s.plan_corpus_tokens or s.n_train_tokens) if corpus_tokens is None
+                      else corpus_tokens,
                       max_epochs=s.max_epochs, device=device, tokens_per_second=tokens_per_second)
 
 
@@ -146,20 +150,24 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
 
 def run_isoflop_sweep(plan: pd.DataFrame, data, *, store=None, sweep: str = "isoflop", seeds=(0,),
                       lr=3e-3, batch_size: int, seq_len: int, device=None, progress: bool = True,
-                      curve_points: int = 25, max_steps: int | None = None, **config_kw) -> pd.DataFrame:
+                      curve_points: int = 25, max_steps: int | None = None, executor: str = "local",
+                      ray_address: str | None = None, **config_kw) -> pd.DataFrame:
     """Train every feasible plan entry for every seed through ``lib.training.run_sweep`` (runs
     already done in ``store`` are skipped, so an interrupted sweep resumes) and return the
     runs of this call's configs (config keys and metrics as columns; ``sweep_configs``
     validates the settings; ``lr`` a float or a {d_model: lr} map). Raises
     ``lib.training.IncompleteSweep`` naming the runs that are not done (failed, or busy in
-    another process), so no fit sees a sweep with points silently missing."""
+    another process), so no fit sees a sweep with points silently missing. ``executor="ray"``
+    runs each config as a Ray task on the cluster at ``ray_address`` (``run_sweep``)."""
+    check_choice("executor", executor, EXECUTORS)
     store = RunStore() if store is None else store
     corpus = config_kw.pop("corpus", getattr(data, "name", ""))
     configs = sweep_configs(plan, seeds=seeds, lr=lr, batch_size=batch_size, seq_len=seq_len,
                             corpus=corpus, **config_kw)
     run_fn = partial(train_isoflop_run, data=data, device=device, curve_points=curve_points,
                      max_steps=max_steps)
-    return run_sweep(store, sweep, configs, run_fn, progress=progress, require_complete=True)
+    return run_sweep(store, sweep, configs, run_fn, progress=progress, require_complete=True,
+                     executor=executor, ray_address=ray_address)
 
 
 def lr_tune_plan(plan: pd.DataFrame) -> pd.DataFrame:

@@ -274,3 +274,15 @@ def test_conclusion_and_explorer_render_from_the_results(monkeypatch):
     assert "adamw at LR 0.02, warm-up 5%, floor 10%: val loss 3.407" in fig.axes[0].get_title()  # middle of its grid
     with pytest.raises(ValueError, match="arm"):
         studies.explorer(frame, frame, arm="dense")
+
+
+def test_run_study_hands_a_ray_executor_to_run_sweep_and_validates_it(monkeypatch, tmp_path):
+    store = RunStore(tmp_path / "r.sqlite")
+    configs = [studies.study_config(seed=s, steps=2) for s in (0, 1)]
+    with pytest.raises(ValueError, match="executor"):
+        studies.run_study(store, "s", configs, executor="threads")
+    calls = []
+    monkeypatch.setattr(studies, "run_sweep", lambda store, sweep, configs, fn, **kw: calls.append(kw))
+    studies.run_study(store, "s", configs, workers=2, executor="ray", ray_address="ray://head:10001")
+    assert calls[0]["executor"] == "ray" and calls[0]["ray_address"] == "ray://head:10001"
+    assert all(c.get("executor", "local") == "local" for c in calls[1:])  # the sweep-up runs here

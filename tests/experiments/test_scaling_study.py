@@ -4,6 +4,7 @@ re-run resumes without retraining."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lib import scaling
@@ -136,3 +137,21 @@ def test_explorer_draws_its_static_figure_in_batch(monkeypatch):
     fig = scaling_study.explorer(iso=iso, par=law, fpt=lambda n: 6.0 * np.asarray(n, float), budgets=[1e18, 1e20])
     assert isinstance(fig, matplotlib.figure.Figure)
     assert "N*" in fig.axes[1].texts[0].get_text()
+
+
+def test_sweep_executor_is_validated_first_and_handed_to_run_sweep(monkeypatch):
+    data = synthetic_corpus(n_train_tokens=20_000, n_val_tokens=5_000, vocab_size=32, seed=0)
+    plan = _tiny_plan(data, budgets=(5e7,))
+    with pytest.raises(ValueError, match="executor"):
+        scaling_study.run_isoflop_sweep(plan, data, store=RunStore(), executor="dask", batch_size=4, seq_len=16)
+    seen = {}
+
+    def fake_run_sweep(store, sweep, configs, run_fn, **kw):
+        seen.update(kw, n=len(list(configs)))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(scaling_study, "run_sweep", fake_run_sweep)
+    scaling_study.run_isoflop_sweep(plan, data, store=RunStore(), executor="ray", ray_address="auto",
+                                    batch_size=4, seq_len=16, progress=False)
+    assert seen["executor"] == "ray" and seen["ray_address"] == "auto" and seen["require_complete"]
+    assert seen["n"] == int(plan["feasible"].sum())
