@@ -78,7 +78,6 @@ from lib.training import (
     RunStore,
     TrainConfig,
     build_optimizers,
-    make_run_id,
     run_sweep,
     train,
 )
@@ -387,7 +386,9 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
     """Run ``configs`` as ``sweep`` in ``store`` (a ``lib.training.RunStore``); return their rows
     (done runs of exactly these configs, one per config, as ``store.frame`` columns).
 
-    Done runs are skipped, so calling again resumes. ``workers > 1`` starts that many
+    Done runs are skipped, so calling again resumes; a run that is still not done afterwards
+    (it failed, or another process holds it) raises ``lib.training.IncompleteSweep`` naming it,
+    so no comparison is drawn from a sweep with runs missing. ``workers > 1`` starts that many
     processes (spawn) that claim runs from the same SQLite store; each run is single-threaded
     by default (``threads``), which is how small models use a multi-core CPU best.
     ``executor="ray"`` runs each config as a Ray task on the cluster at ``ray_address``
@@ -414,9 +415,10 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
                           RuntimeWarning, stacklevel=2)
     # Single process, or a sweep-up of anything a worker (or a Ray task) left failed.
     run_sweep(store, sweep, configs, run_config, progress=progress)
-    frame = store.frame(sweep)
-    wanted = {make_run_id(sweep, c) for c in configs}
-    return frame[(frame["status"] == "done") & frame["run_id"].isin(wanted)].reset_index(drop=True)
+    if not configs:
+        return store.frame(sweep).iloc[0:0]
+    # A run that failed twice, or is still busy elsewhere, must stop the analysis, not vanish from it.
+    return store.require_complete(sweep, configs)
 
 
 # --------------------------------------------------------------------------- analysis

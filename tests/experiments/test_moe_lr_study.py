@@ -283,6 +283,28 @@ def test_run_study_hands_a_ray_executor_to_run_sweep_and_validates_it(monkeypatc
         studies.run_study(store, "s", configs, executor="threads")
     calls = []
     monkeypatch.setattr(studies, "run_sweep", lambda store, sweep, configs, fn, **kw: calls.append(kw))
-    studies.run_study(store, "s", configs, workers=2, executor="ray", ray_address="ray://head:10001")
+    from lib.training import IncompleteSweep
+
+    with pytest.raises(IncompleteSweep):  # the stand-in ran nothing
+        studies.run_study(store, "s", configs, workers=2, executor="ray", ray_address="ray://head:10001")
     assert calls[0]["executor"] == "ray" and calls[0]["ray_address"] == "ray://head:10001"
     assert all(c.get("executor", "local") == "local" for c in calls[1:])  # the sweep-up runs here
+
+
+def test_run_study_refuses_to_return_a_sweep_with_a_failed_run(monkeypatch, tmp_path):
+    from lib.training import IncompleteSweep
+
+    store = RunStore(tmp_path / "r.sqlite")
+    configs = [studies.study_config(seed=s, steps=2) for s in (0, 1)]
+
+    def run_config(config):
+        if config["seed"] == 1:
+            raise RuntimeError("out of memory")
+        return {"val_loss": 3.0}
+
+    monkeypatch.setattr(studies, "run_config", run_config)
+    with pytest.raises(IncompleteSweep, match="1 of 2 runs are not done"):
+        studies.run_study(store, "s", configs)
+    states = store.states("s", configs)
+    assert states[make_run_id("s", configs[0])] == "done"
+    assert states[make_run_id("s", configs[1])].startswith("failed") and "out of memory" in states[make_run_id("s", configs[1])]
