@@ -308,8 +308,11 @@ def test(c, fast: bool = False, workers: int = 2, only: str | None = None, lates
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg", **BATCH)
     # The full-profile smoke runs (tests/test_full_profile.py) execute every notebook at the full
     # shapes: tens of minutes on 2 cores, so only with --smoke.
-    select = "" if smoke else ' -m "not full_profile"'
-    c.run(f"{sys.executable} -m pytest tests -q -n {workers}{select}", env=env, pty=False)
+    select = "not browser" if smoke else "not full_profile and not browser"
+    c.run(f'{sys.executable} -m pytest tests -q -n {workers} -m "{select}"', env=env, pty=False)
+    # The browser suite runs notebook 01 top to bottom in JupyterLab against wall-clock limits;
+    # beside an xdist worker on 2 cores it ran 2-3x slower than alone, so it runs by itself.
+    c.run(f"{sys.executable} -m pytest tests/browser -q -m browser", env=env, pty=False)
     if fast:
         return
     books = " ".join(str(b.relative_to(ROOT)) for b in _notebooks(only))
