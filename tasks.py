@@ -41,6 +41,13 @@ TIMEOUT = {"quick": 20 * 60, "full": 6 * 60 * 60}
 # Headless executions (papermill, nbval) set this, so an explorer cell draws its static figure
 # instead of live widgets (lib.core.in_batch reads it; JupyterLab sessions leave it unset).
 BATCH = {"WORKBENCH_BATCH": "1"}
+# The committed outputs are nbval's reference, so headless runs must compute the same bits on any
+# x86 CPU CI lands on: by default ATen, MKL and oneDNN each pick kernels for the CPU's widest vector
+# unit (AVX-512 or AVX2), and outputs moved in the last printed digit between two such machines.
+# These pin every library to its AVX2 path (MKL's conditional numerical reproducibility, STRICT:
+# also independent of the thread count); an explicit setting in the environment wins.
+REPRODUCIBLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+BATCH.update({k: os.environ.get(k, v) for k, v in REPRODUCIBLE_CPU.items()})
 # The kernelspec as JupyterLab writes it when it opens a notebook (ipykernel's python3 kernel):
 # refresh writes the same, so opening a refreshed notebook does not mark it modified.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
