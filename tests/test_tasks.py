@@ -100,7 +100,7 @@ def test_execute_runs_notebooks_in_batch_mode(tmp_path, monkeypatch):
 
 
 def test_headless_runs_pin_the_cpu_kernels_so_outputs_match_across_machines():
-    """papermill and nbval run with every CPU library on its AVX2 path: on an AVX-512 machine the
+    """papermill and nbval (not the unit tests) run with every CPU library on its AVX2 path: on an AVX-512 machine the
     default kernels printed different last digits than the machine the outputs were made on."""
     import os
     import platform
@@ -109,13 +109,13 @@ def test_headless_runs_pin_the_cpu_kernels_so_outputs_match_across_machines():
 
     import torch
 
-    assert {k: tasks.BATCH[k] for k in tasks.REPRODUCIBLE_CPU} == {
+    assert {k: tasks.NOTEBOOK_ENV[k] for k in tasks.REPRODUCIBLE_CPU} == {
         k: os.environ.get(k, v) for k, v in tasks.REPRODUCIBLE_CPU.items()}
     if platform.machine() not in ("x86_64", "AMD64") or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("the pins name x86 vector units; this CPU has neither AVX2 nor AVX-512")
     probe = ("import torch; torch.manual_seed(0); a = torch.randn(300, 300, dtype=torch.float64).float(); "
              "print(torch.backends.cpu.get_cpu_capability(), (a @ a).sum().item())")
-    env = dict(os.environ, **tasks.BATCH)
+    env = dict(os.environ, **tasks.NOTEBOOK_ENV)
     pinned = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     again = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert pinned.stdout.split()[0] == "AVX2"
