@@ -127,8 +127,10 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
     model = Transformer(model_cfg)
     n_params = model.num_params()
     steps = config["steps"] if max_steps is None else min(config["steps"], max_steps)
-    schedule = WarmupCosine(total_steps=config["steps"], warmup_steps=config["warmup_steps"],
-                            min_lr_ratio=config["min_lr_ratio"])
+    # A cut run (smoke) compresses the planned schedule into its steps: train() counts a schedule
+    # in the steps it actually takes.
+    warmup = config["warmup_steps"] if steps == config["steps"] else min(config["warmup_steps"], steps - 1)
+    schedule = WarmupCosine(total_steps=steps, warmup_steps=warmup, min_lr_ratio=config["min_lr_ratio"])
     result = train(model, data, TrainConfig(
         steps=steps, batch_size=config["batch_size"], seq_len=config["seq_len"],
         lr=config["lr"], schedule=schedule, eval_batches=config["eval_batches"],

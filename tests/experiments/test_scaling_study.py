@@ -37,6 +37,21 @@ def test_run_isoflop_sweep_spends_exactly_the_planned_tokens_and_resumes(tmp_pat
         scaling.sweep_configs(plan, batch_size=8, seq_len=16)
 
 
+
+def test_a_run_cut_by_max_steps_trains_exactly_those_steps(tmp_path):
+    """The full profile's smoke mode cuts every run to ``max_steps``; the cut run still trains
+    (its schedule spans the steps it takes), and spends only those steps' tokens."""
+    data = synthetic_corpus(n_train_tokens=50_000, n_val_tokens=5_000, vocab_size=32, seed=0)
+    plan = plan_sweep([5e7], vocab_size=32, seq_len=16, batch_size=4, n_sizes=2, span=6,
+                      head_dim=8, aspect_ratio=8, tokens_per_param=5, corpus_tokens=len(data.train),
+                      tokens_per_second=1e4)
+    assert (plan["steps"] > 2).all()
+    runs = scaling_study.run_isoflop_sweep(plan, data, store=RunStore(tmp_path / "runs.sqlite"), sweep="t",
+                                           batch_size=4, seq_len=16, progress=False, eval_batches=1,
+                                           max_steps=2)
+    assert (runs["status"] == "done").all() and (runs["tokens"] == 2 * 4 * 16).all()
+    assert np.isfinite(runs["val_loss"]).all()
+
 def _tiny_plan(data, budgets=(5e7, 1e8, 2e8)):
     return plan_sweep(list(budgets), vocab_size=32, seq_len=16, batch_size=4, n_sizes=3, span=6,
                       head_dim=8, aspect_ratio=8, tokens_per_param=5, corpus_tokens=len(data.train),
