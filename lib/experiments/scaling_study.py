@@ -117,7 +117,9 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
                       curve_points: int = 25, max_steps: int | None = None) -> dict:
     """Train one ``sweep_configs`` entry on ``data`` (a lib.data.TokenData) and return its
     metrics: ``val_loss`` (held-out nats/token at the end), ``train_loss``, ``tokens``,
-    ``flops`` (Chinchilla Appendix F x tokens), ``flops_6nd`` (6 N tokens), ``n_params_model``,
+    ``flops`` (Chinchilla Appendix F x tokens), ``flops_6nd`` (6 N tokens), ``planned_tokens``
+    (the plan's D: equal to ``tokens`` unless ``max_steps`` cut the run; the fits take it, so a
+    smoke run's fits see the planned design), ``n_params_model``,
     ``elapsed_s``, and a ``history`` of about ``curve_points`` points of the training curve
     (``loss``: the training loss averaged over the steps since the previous point; ``tokens``,
     ``flops`` so far), which the run store keeps for Approach 1. ``max_steps`` cuts the run
@@ -146,6 +148,7 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
     curve["flops"] = fpt * curve["tokens"]
     return {"val_loss": final["val_loss"], "train_loss": final["train_loss"],
             "tokens": final["tokens"], "flops": fpt * final["tokens"],
+            "planned_tokens": config["steps"] * config["batch_size"] * config["seq_len"],
             "flops_6nd": 6.0 * n_params * final["tokens"], "n_params_model": n_params,
             "elapsed_s": final["elapsed_s"], "history": curve.to_dict(orient="records")}
 

@@ -23,6 +23,7 @@ loss in nats/token.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -348,9 +349,12 @@ def optimal_allocation(params: dict | ParametricFit, C):
     # A finite optimum needs every term to fall with its resource.
     A, B, alpha, beta = (check_positive(f"params[{k!r}]", v) for k, v in p.items())
     C = check_positive_array("C", C)
-    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+    # In logs: a fit with small exponents makes G overflow a float (inf there, not an exception).
+    log_g = (math.log(alpha * A) - math.log(beta * B)) / (alpha + beta)
     a, b = beta / (alpha + beta), alpha / (alpha + beta)
-    return G * (C / 6.0) ** a, (C / 6.0) ** b / G
+    log_c = np.log(C / 6.0)
+    with np.errstate(over="ignore"):
+        return np.exp(log_g + a * log_c), np.exp(b * log_c - log_g)
 
 
 def chinchilla_table(fit: ParametricFit | dict, budgets=None) -> pd.DataFrame:
@@ -468,6 +472,10 @@ def fit_isoflop(budget, N, loss, D=None, *, n_bootstrap: int = 200, seed: int = 
         if np.unique(N[m]).size < 3:
             raise ValueError(f"budget {c:.3g} has {np.unique(N[m]).size} distinct sizes N among its {m.sum()} "
                              "points; a parabola needs at least 3")
+        if np.unique(D[m]).size < 3:
+            raise ValueError(f"D at budget {c:.3g} has {np.unique(D[m]).size} distinct values among its "
+                             f"{m.sum()} points; D* needs at least 3 (were the runs cut short of their "
+                             "planned tokens?)")
         groups.append((c, np.log(N[m]), np.log(D[m]), loss[m]))
     if len(groups) < 2:
         raise ValueError("fit_isoflop needs at least 2 distinct budgets for a power law")

@@ -26,6 +26,7 @@ def test_run_isoflop_sweep_spends_exactly_the_planned_tokens_and_resumes(tmp_pat
     assert (runs["status"] == "done").all() and len(runs) == 2
     merged = runs.merge(plan[["n_params", "steps", "tokens"]], on="n_params", suffixes=("", "_plan"))
     np.testing.assert_array_equal(merged["tokens"], merged["tokens_plan"])  # trained exactly D
+    np.testing.assert_array_equal(merged["planned_tokens"], merged["tokens_plan"])
     np.testing.assert_array_equal(merged["n_params_model"], merged["n_params"])
     np.testing.assert_allclose(merged["flops_6nd"], 6 * merged["n_params"] * merged["tokens"])
     np.testing.assert_allclose(merged["flops"], merged["budget"], rtol=0.05)  # Appendix F spends it
@@ -50,6 +51,8 @@ def test_a_run_cut_by_max_steps_trains_exactly_those_steps(tmp_path):
                                            batch_size=4, seq_len=16, progress=False, eval_batches=1,
                                            max_steps=2)
     assert (runs["status"] == "done").all() and (runs["tokens"] == 2 * 4 * 16).all()
+    merged = runs.merge(plan[["n_params", "tokens"]], on="n_params", suffixes=("", "_plan"))
+    np.testing.assert_array_equal(merged["planned_tokens"], merged["tokens_plan"])  # what the fits take
     assert np.isfinite(runs["val_loss"]).all()
 
 def _tiny_plan(data, budgets=(5e7, 1e8, 2e8)):

@@ -52,8 +52,8 @@ def test_chinchilla_table_equals_closed_form_and_numeric_optimum():
     p = HOFFMANN_2022
     a, b = p["beta"] / (p["alpha"] + p["beta"]), p["alpha"] / (p["alpha"] + p["beta"])
     G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
-    np.testing.assert_array_equal(table["n_opt"], G * (budgets / 6) ** a)
-    np.testing.assert_array_equal(table["d_opt"], (budgets / 6) ** b / G)
+    np.testing.assert_allclose(table["n_opt"], G * (budgets / 6) ** a, rtol=1e-12)
+    np.testing.assert_allclose(table["d_opt"], (budgets / 6) ** b / G, rtol=1e-12)
     np.testing.assert_allclose(table["tokens_per_param"], table["d_opt"] / table["n_opt"])
     law = ParametricFit.from_params(p)
     for c, n_opt, loss in zip(budgets, table["n_opt"], table["loss"]):
@@ -178,6 +178,8 @@ def test_fit_isoflop_warns_on_off_centre_grid_and_validates():
         fit_isoflop([1e18, 1e18, 1e19, 1e19, 1e19], [1, 2, 1, 2, 3], [3, 2, 3, 2, 3])
     with pytest.raises(ValueError, match="2 distinct budgets"):
         fit_isoflop([1e18] * 3, [1, 2, 3], [3, 2, 3])
+    with pytest.raises(ValueError, match="D at budget 1e\\+18 has 1 distinct"):  # runs cut short
+        fit_isoflop([1e18] * 3 + [1e19] * 3, [1, 2, 3] * 2, [3, 2, 3] * 2, D=[256] * 6)
 
 
 def test_fit_isoflop_on_llama3_isoflops(reference_data):
@@ -262,3 +264,17 @@ def test_law_parameters_are_checked():
         optimal_allocation({**HOFFMANN_2022, "A": np.inf}, 1e20)
     fit = ParametricFit.from_params({k: np.float32(v) for k, v in HOFFMANN_2022.items()})
     assert all(type(v) is float for v in fit.params.values())
+
+
+def test_optimal_allocation_minimises_the_law_on_the_budget_and_overflows_to_inf():
+    law = ParametricFit.from_params(HOFFMANN_2022)
+    C = np.array([1e20, 1e23])
+    n_opt, d_opt = optimal_allocation(HOFFMANN_2022, C)
+    np.testing.assert_allclose(6 * n_opt * d_opt, C, rtol=1e-12)
+    for c, n in zip(C, n_opt):  # the numerical minimum along C = 6 N D
+        grid = n * np.geomspace(0.5, 2.0, 2001)
+        best = grid[np.argmin(law.predict(grid, c / (6 * grid)))]
+        assert best == pytest.approx(n, rel=2e-3)
+    # The smoke run's degenerate fit (exponents near 0) sends G past a float: inf, no exception.
+    n_big, d_small = optimal_allocation({"A": 1e30, "B": 1e-30, "alpha": 0.088, "beta": 0.02}, C)
+    assert np.isinf(n_big).all() and (d_small == 0).all()
