@@ -350,8 +350,8 @@ def plot_isoflop_curves(runs: pd.DataFrame, fit: IsoFLOPFit | None = None, ax=No
     if fit is not None:
         v = fit.vertices
         if "log10_n_opt_low" in v:
-            xerr = [v["n_opt"] - 10 ** v["log10_n_opt_low"], 10 ** v["log10_n_opt_high"] - v["n_opt"]]
-            ax.errorbar(v["n_opt"], v["loss_min"], xerr=xerr, fmt="none", ecolor="k", capsize=3, lw=0.8)
+            # Drawn as segments, not error bars: a percentile interval need not hold its estimate.
+            ax.hlines(v["loss_min"], 10 ** v["log10_n_opt_low"], 10 ** v["log10_n_opt_high"], colors="k", lw=0.8)
         ax.plot(v["n_opt"], v["loss_min"], "k*", ms=11, label="vertex N*(C), 95% interval")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on short ranges
@@ -393,8 +393,10 @@ def plot_exponents(table: pd.DataFrame, ax=None):
         _, ax = plt.subplots(figsize=(6.5, 0.45 * len(table) + 1))
     y = np.arange(len(table))
     a = table["a"].to_numpy(float)
-    err = np.array([a - table["low"].to_numpy(float), table["high"].to_numpy(float) - a])
-    ax.errorbar(a, y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
+    # Segments from low to high, not error bars: a percentile bootstrap interval of a poorly
+    # determined fit need not hold the estimate itself.
+    ax.hlines(y, table["low"].to_numpy(float), table["high"].to_numpy(float), lw=1.5)
+    ax.plot(a, y, "o")
     ax.set_yticks(y, table.index)
     ax.set_xlabel("exponent a of the compute-optimal model size (95% interval)")
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")

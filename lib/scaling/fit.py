@@ -369,8 +369,16 @@ def chinchilla_table(fit: ParametricFit | dict, budgets=None) -> pd.DataFrame:
         raise ValueError(f"fit must be a ParametricFit or a parameter dict, got {type(fit).__name__}")
     budgets = np.logspace(18, 24, 7) if budgets is None else check_positive_array("budgets", budgets)
     n_opt, d_opt = fit.optimal_allocation(budgets)
+    # A degenerate law (exponents near 0) puts the optimum past a float: its rows show inf / 0
+    # and no loss rather than failing the table.
+    ok = np.isfinite(n_opt) & (n_opt > 0) & np.isfinite(d_opt) & (d_opt > 0)
+    loss = np.full(len(budgets), np.nan)
+    if ok.any():
+        loss[ok] = fit.predict(n_opt[ok], d_opt[ok])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_param = d_opt / n_opt
     return pd.DataFrame({"flops": budgets, "n_opt": n_opt, "d_opt": d_opt,
-                         "tokens_per_param": d_opt / n_opt, "loss": fit.predict(n_opt, d_opt)})
+                         "tokens_per_param": per_param, "loss": loss})
 
 
 # --------------------------------------------------------------------------- Approach 2

@@ -173,3 +173,15 @@ def test_sweep_executor_is_validated_first_and_handed_to_run_sweep(monkeypatch):
                                     batch_size=4, seq_len=16, progress=False)
     assert seen["executor"] == "ray" and seen["ray_address"] == "auto" and seen["require_complete"]
     assert seen["n"] == int(plan["feasible"].sum())
+
+
+def test_exponent_plot_draws_an_interval_that_excludes_its_estimate():
+    """A percentile bootstrap of a poorly determined fit can give an interval that misses the
+    estimate (the full profile's one-step smoke fit does); the plot draws it as it is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table = pd.DataFrame({"a": [0.5, 0.02], "low": [0.4, 0.43], "high": [0.6, 0.9]}, index=["ok", "odd"])
+    ax = scaling_study.plot_exponents(table)
+    segments = ax.collections[0].get_segments()
+    np.testing.assert_allclose([seg[:, 0] for seg in segments], [[0.4, 0.6], [0.43, 0.9]])

@@ -278,3 +278,5 @@ def test_optimal_allocation_minimises_the_law_on_the_budget_and_overflows_to_inf
     # The smoke run's degenerate fit (exponents near 0) sends G past a float: inf, no exception.
     n_big, d_small = optimal_allocation({"A": 1e30, "B": 1e-30, "alpha": 0.088, "beta": 0.02}, C)
     assert np.isinf(n_big).all() and (d_small == 0).all()
+    table = chinchilla_table({"A": 1e30, "B": 1e-30, "alpha": 0.088, "beta": 0.02, "E": 1.0}, C)
+    assert np.isinf(table["n_opt"]).all() and table["loss"].isna().all()
