@@ -14,7 +14,8 @@ scaling-law fits (N parameters, D tokens, C FLOPs, loss in nats/token).
 - ``lib.scaling.envelope``: Approach 1, the lower envelope of the training curves
   (``fit_envelope``, ``EnvelopeFit``), and the held-out-budget ``extrapolation_check``;
 - ``lib.scaling.cost``: what a notebook's planned runs (``PlannedRun``) will cost on this
-  device (``estimate_cost``, a ``CostEstimate``) and the outer-limit check (``check_budget``).
+  device (``estimate_cost``, a ``CostEstimate``), the outer-limit check (``check_budget``) and
+  both as a notebook's first step (``costed_start``).
 
 Training a plan's runs is ``lib.experiments.scaling_study``.
 """
@@ -31,6 +32,7 @@ from lib.scaling.cost import (
     CostEstimate,
     PlannedRun,
     check_budget,
+    costed_start,
     estimate_cost,
     run_flops_per_token,
 )
@@ -109,6 +111,7 @@ __all__ = [
     "run_flops_per_token",
     "estimate_cost",
     "check_budget",
+    "costed_start",
     "NOISE_SOURCES",
     "IsoFLOPBootstrap",
     "isoflop_bootstrap",

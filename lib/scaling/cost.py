@@ -32,10 +32,11 @@ from lib.scaling.flops import chinchilla_flops_per_token
 from lib.scaling.planning import measure_training_throughput
 
 __all__ = ["LIMIT_HOURS", "PlannedRun", "CostEstimate", "run_flops_per_token", "estimate_cost",
-           "check_budget"]
+           "check_budget", "costed_start"]
 
 LIMIT_HOURS = 6.0          # the outer limit of one notebook's full profile
 CPU_MEASURE_TOKENS = 1024  # tokens per timed step off CUDA: a CPU's tokens/s barely depends on batch
+SMOKE_MEASURE_S = 2.0      # a smoke run exercises the costing path; its numbers are not the point
 DEFAULT_BATCH = 8          # sequences per timed step on CUDA when a run gives no batch_size
 
 
@@ -284,3 +285,14 @@ def check_budget(estimate: CostEstimate, allow_over: bool = False) -> CostEstima
             "allow_over_budget=True to run anyway")
     return estimate
 
+
+
+def costed_start(runs: Sequence[PlannedRun], device=None, *, allow_over: bool = False,
+                 smoke: bool = False) -> CostEstimate:
+    """A full-profile notebook's first step: ``estimate_cost(runs, device)`` then
+    ``check_budget`` (raises over the outer limit unless ``allow_over``). A ``smoke`` run measures
+    throughput for at most ``SMOKE_MEASURE_S`` seconds (the remaining shapes are derived), since
+    it only proves the path works. Print the result for the cost table."""
+    allow_over, smoke = check_bool("allow_over", allow_over), check_bool("smoke", smoke)
+    kw = {"max_measure_s": SMOKE_MEASURE_S} if smoke else {}
+    return check_budget(estimate_cost(runs, device, **kw), allow_over=allow_over)

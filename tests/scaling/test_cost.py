@@ -6,7 +6,7 @@ import torch
 
 import lib.scaling.cost as cost_mod
 from lib.models import ModelConfig, Transformer
-from lib.scaling import CostEstimate, PlannedRun, check_budget, estimate_cost, run_flops_per_token
+from lib.scaling import CostEstimate, PlannedRun, check_budget, costed_start, estimate_cost, run_flops_per_token
 
 SMALL = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
 WIDE = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, max_seq_len=32)
@@ -95,6 +95,23 @@ def test_check_budget_refuses_over_the_limit_naming_the_numbers():
     ok = estimate_cost([PlannedRun("small", SMALL, 10**4)], "cpu", tokens_per_second=1e4)
     assert check_budget(ok) is ok and "within the limit" in str(ok)
 
+
+
+def test_costed_start_refuses_over_the_limit_and_a_smoke_run_measures_briefly(monkeypatch):
+    seen, real = [], cost_mod.estimate_cost
+
+    def given_throughput(runs, device=None, **kw):  # records what costed_start asked for
+        seen.append(kw)
+        return real(runs, device, tokens_per_second=1e4)
+
+    monkeypatch.setattr(cost_mod, "estimate_cost", given_throughput)
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        costed_start([PlannedRun("big", SMALL, 10**9)], "cpu")
+    assert costed_start([PlannedRun("big", SMALL, 10**9)], "cpu", allow_over=True).over_budget
+    costed_start([PlannedRun("small", SMALL, 10)], "cpu", smoke=True)
+    assert seen == [{}, {}, {"max_measure_s": cost_mod.SMOKE_MEASURE_S}]
+    with pytest.raises(ValueError, match="smoke"):
+        costed_start([], "cpu", smoke="yes")
 
 @pytest.mark.parametrize("make, match", [
     (lambda: PlannedRun("", SMALL, 10), "label"),
