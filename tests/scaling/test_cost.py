@@ -6,7 +6,14 @@ import torch
 
 import lib.scaling.cost as cost_mod
 from lib.models import ModelConfig, Transformer
-from lib.scaling import CostEstimate, PlannedRun, check_budget, costed_start, estimate_cost, run_flops_per_token
+from lib.scaling import (
+    CostEstimate,
+    PlannedRun,
+    check_budget,
+    costed_start,
+    estimate_cost,
+    run_flops_per_token,
+)
 
 SMALL = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
 WIDE = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, max_seq_len=32)
