@@ -297,27 +297,26 @@ def _strip_volatile_metadata(nb: dict) -> None:
 
 
 @task(help={
-    "fast": "unit tests only (skip nbval over the notebooks)",
-    "smoke": "also run every notebook's full profile in smoke mode (tests/test_full_profile.py; tens of minutes)",
+    "fast": "unit tests only: no full-profile smoke runs, no nbval over the notebooks",
     "workers": "pytest-xdist workers for the unit tests (default 2)",
     "only": "comma-separated notebook prefixes for nbval, e.g. 01,03",
     "latest": "run the suite in a throwaway env (build/latest-env) of the newest releases",
     "latest_torch": "with --latest, let torch float too (may pull a multi-GB CUDA build)",
 })
 def test(c, fast: bool = False, workers: int = 2, only: str | None = None, latest: bool = False,
-         latest_torch: bool = False, smoke: bool = False):
-    """Unit tests, then nbval re-executing every notebook and checking its key outputs."""
+         latest_torch: bool = False):
+    """Unit tests (with every notebook's full profile in smoke mode), the browser suite, then
+    nbval re-executing every notebook and checking its key outputs."""
     if latest:
         python = _latest_env(c, latest_torch)
         flags = " --fast" if fast else ""
-        flags += " --smoke" if smoke else ""
         flags += f" --only {only}" if only else ""
         c.run(f"{python} -m invoke test --workers {workers}{flags}", pty=False)
         return
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg", **BATCH)
     # The full-profile smoke runs (tests/test_full_profile.py) execute every notebook at the full
-    # shapes: tens of minutes on 2 cores, so only with --smoke.
-    select = "not browser" if smoke else "not full_profile and not browser"
+    # shapes, a few steps per run, beside the unit tests: a full-only path must not break unseen.
+    select = "not full_profile and not browser" if fast else "not full_profile_long and not browser"
     c.run(f'{sys.executable} -m pytest tests -q -n {workers} -m "{select}"', env=env, pty=False)
     # The browser suite runs notebook 01 top to bottom in JupyterLab against wall-clock limits;
     # beside an xdist worker on 2 cores it ran 2-3x slower than alone, so it runs by itself.
