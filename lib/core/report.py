@@ -6,7 +6,8 @@ Every number a conclusion states is computed, never typed: a notebook's closing 
 ``# NBVAL_CHECK_OUTPUT`` so CI sees a stale sentence as a failing output.
 
 ``in_batch()`` tells a live JupyterLab session (explorers are live ipywidgets) from a headless
-run under papermill, nbval or ``invoke`` (the same cell draws a static figure instead).
+run under papermill, nbval or ``invoke`` (the same cell draws a static figure instead), with or
+without ``$WORKBENCH_BATCH``.
 
 ``build_report(notebooks, out_dir)`` (``invoke report``) writes one HTML page per executed
 notebook (nbconvert's lab template, images embedded, plotly figures drawn by a local copy of
@@ -38,10 +39,15 @@ CONCLUSION_TAG = "conclusion"
 
 
 def in_batch() -> bool:
-    """True when the notebook runs headlessly (papermill, nbval, ``invoke run/test/refresh``).
+    """True when the notebook runs headlessly (papermill, nbval, ``jupyter nbconvert --execute``,
+    ``invoke run/test/refresh``); False in a JupyterLab (or other frontend) session.
 
-    ``$WORKBENCH_BATCH`` decides when it is set ("1"/"true" or "0"/"false"); otherwise a kernel
-    with no IPython shell (plain Python) counts as batch.
+    ``$WORKBENCH_BATCH`` decides when it is set ("1"/"true" or "0"/"false"). Otherwise: no
+    IPython kernel (plain Python, terminal IPython) has no frontend to draw widgets, so it counts
+    as batch; and a kernel whose current execute request has ``allow_stdin`` false counts as
+    batch. Headless clients (nbclient, which papermill and nbconvert use, and nbval) send it
+    false because no one can answer ``input()``; JupyterLab, Notebook and VS Code send it true.
+    Voila also executes through nbclient: set ``WORKBENCH_BATCH=0`` there for live explorers.
     """
     value = os.environ.get(BATCH_ENV)
     if value is not None:
@@ -55,7 +61,25 @@ def in_batch() -> bool:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython ships with the notebook extras
         return True
-    return get_ipython() is None
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return True
+    return _request_forbids_stdin(kernel)
+
+
+def _request_forbids_stdin(kernel) -> bool:
+    """Whether the execute request the kernel is answering says no frontend reads stdin. A
+    widget callback answers a comm message, which has no such field: that counts as live."""
+    try:
+        parent = kernel.get_parent("shell")
+    except (AttributeError, TypeError):  # ipykernel < 6 kept it as an attribute
+        parent = getattr(kernel, "_parent_header", None)
+    if not isinstance(parent, dict):
+        return False
+    content = parent.get("content")
+    msg_type = parent.get("header", {}).get("msg_type", parent.get("msg_type"))
+    return (msg_type == "execute_request" and isinstance(content, dict)
+            and content.get("allow_stdin") is False)
 
 
 def show_markdown(text: str) -> None:

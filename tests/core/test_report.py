@@ -27,6 +27,60 @@ def test_in_batch_rejects_an_unknown_value(monkeypatch):
         in_batch()
 
 
+class _Kernel:
+    def __init__(self, parent):
+        self.parent = parent
+
+    def get_parent(self, channel=None):
+        return self.parent
+
+
+class _Shell:
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+
+def _execute_request(allow_stdin):
+    return {"header": {"msg_type": "execute_request"}, "msg_type": "execute_request",
+            "content": {"code": "explorer()", "allow_stdin": allow_stdin}}
+
+
+@pytest.mark.parametrize("shell, expected", [
+    (None, True),                                              # plain Python
+    (_Shell(None), True),                                      # terminal IPython: no frontend
+    (_Shell(_Kernel(_execute_request(False))), True),          # nbclient (papermill) or nbval
+    (_Shell(_Kernel(_execute_request(True))), False),          # JupyterLab's Run
+    (_Shell(_Kernel({"header": {"msg_type": "comm_msg"}, "content": {}})), False),  # a widget callback
+    (_Shell(_Kernel({})), False),                              # no request yet
+], ids=["python", "terminal", "headless", "jupyterlab", "widget-callback", "no-request"])
+def test_in_batch_without_the_variable_reads_the_kernel(monkeypatch, shell, expected):
+    import IPython
+
+    monkeypatch.delenv(BATCH_ENV, raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    assert in_batch() is expected
+
+
+def test_in_batch_variable_overrides_a_headless_kernel(monkeypatch):
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: _Shell(_Kernel(_execute_request(False))))
+    monkeypatch.setenv(BATCH_ENV, "0")
+    assert in_batch() is False
+
+
+def test_in_batch_is_true_in_a_real_kernel_run_by_nbclient(monkeypatch, tmp_path):
+    from nbclient import NotebookClient
+
+    # nbclient is what papermill and nbconvert --execute drive; nbval sends the same request.
+    monkeypatch.delenv(BATCH_ENV, raising=False)
+    nb = new_notebook(cells=[new_code_cell("from lib.core import in_batch\nprint(in_batch())")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(nb, timeout=60, kernel_name="python3",
+                   resources={"metadata": {"path": str(runtime.repo_root())}}).execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == "True"
+
+
 def _notebook(path, tagged=True):
     fig = go.Figure(go.Scatter(x=[0, 1], y=[2, 3]))
     cells = [
