@@ -589,9 +589,12 @@ def explorer(lr_frame: pd.DataFrame, factorial: pd.DataFrame, arm: str = "muon")
     warmups = sorted(set(float(w) for w in factorial["warmup"])) or [REFERENCE["warmup"]]
     floors = sorted(set(float(f) for f in factorial["floor"])) or [REFERENCE["floor"]]
 
+    def grid(arm):
+        return sorted(set(float(v) for v in lr_frame.loc[lr_frame["arm"] == arm, "lr"]))
+
     def draw(arm=arm, lr=None, warmup=REFERENCE["warmup"], floor=REFERENCE["floor"]):
         rows = lr_frame[lr_frame["arm"] == arm]
-        lrs = sorted(set(float(v) for v in rows["lr"]))
+        lrs = grid(arm)
         lr = lrs[len(lrs) // 2] if lr is None or not np.isclose(lrs, lr).any() else lr
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         table = summarize(rows, "lr").sort_values("lr")
@@ -607,7 +610,17 @@ def explorer(lr_frame: pd.DataFrame, factorial: pd.DataFrame, arm: str = "muon")
     import ipywidgets as widgets
 
     arm_w = widgets.Dropdown(options=arms, value=arm, description="arm")
-    lr_w = widgets.SelectionSlider(options=sorted(set(float(v) for v in lr_frame["lr"])), description="peak LR")
+    # Each arm swept its own LR grid: the slider offers the chosen arm's grid only (pooled grids
+    # left most positions unmeasured for any one arm), starting in its middle as the batch figure.
+    lrs = grid(arm)
+    lr_w = widgets.SelectionSlider(options=lrs, value=lrs[len(lrs) // 2], description="peak LR")
+
+    def follow_arm(change):
+        lrs = grid(change["new"])
+        lr_w.options = lrs  # resets to the first LR; the middle is the batch figure's
+        lr_w.value = lrs[len(lrs) // 2]
+
+    arm_w.observe(follow_arm, names="value")
     warm_w = widgets.SelectionSlider(options=warmups, value=min(warmups, key=lambda w: abs(w - REFERENCE["warmup"])),
                                      description="warm-up")
     floor_w = widgets.SelectionSlider(options=floors, value=min(floors, key=lambda f: abs(f - REFERENCE["floor"])),

@@ -308,3 +308,30 @@ def test_run_study_refuses_to_return_a_sweep_with_a_failed_run(monkeypatch, tmp_
     states = store.states("s", configs)
     assert states[make_run_id("s", configs[0])] == "done"
     assert states[make_run_id("s", configs[1])].startswith("failed") and "out of memory" in states[make_run_id("s", configs[1])]
+
+
+def test_explorer_live_lr_slider_follows_the_arm_and_every_move_redraws(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    rows = [{"seed": seed, "arm": arm, "lr": lr, "val_loss": 3.0 + d / 10 + 0.01 * seed, "diverged": False,
+             "warmup": 0.05, "floor": 0.1}
+            for seed in range(2)
+            for arm, lrs in (("muon", (0.05, 0.1, 0.2)), ("adamw", (0.005, 0.01, 0.02, 0.04)))
+            for d, lr in enumerate(lrs)]
+    frame = pd.DataFrame(rows)
+    titles = []
+    monkeypatch.setattr(plt, "show", lambda fig=None, *a, **k: titles.append(fig.axes[0].get_title()))
+    monkeypatch.setenv("WORKBENCH_BATCH", "0")
+    widget = studies.explorer(frame, frame.iloc[:0], arm="muon")
+    arm_w, lr_w = widget.children[0], widget.children[1]
+    assert list(lr_w.options) == [0.05, 0.1, 0.2] and lr_w.value == 0.1  # muon's own grid, in its middle
+    assert titles[-1].startswith("muon at LR 0.1,") and "val loss 3.105" in titles[-1]
+    lr_w.value = 0.2
+    assert titles[-1].startswith("muon at LR 0.2,") and "val loss 3.205" in titles[-1]
+    arm_w.value = "adamw"
+    assert list(lr_w.options) == [0.005, 0.01, 0.02, 0.04] and lr_w.value == 0.02
+    assert titles[-1].startswith("adamw at LR 0.02,")
+    lr_w.value = 0.04
+    assert titles[-1].startswith("adamw at LR 0.04,") and "val loss 3.305" in titles[-1]
+    plt.close("all")
+
