@@ -673,7 +673,9 @@ def explorer(table: pd.DataFrame, study: pd.DataFrame, predictor: str = "linear"
     from IPython.display import display
 
     widget = widgets.interactive(show, predictor=widgets.Dropdown(options=names, value=predictor, description="predictor"),
-                                 horizon=widgets.SelectionSlider(options=horizons, value=horizons[-1],
+                                 # In the middle, so a drag either way redraws (the static
+                                 # figure stays at the longest horizon, its headline number).
+                                 horizon=widgets.SelectionSlider(options=horizons, value=horizons[len(horizons) // 2],
                                                                  description="horizon"))
     display(widget)
     return widget

@@ -254,3 +254,29 @@ def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
     assert "cumulative error at k=2: 0.70" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="predictor"):
         explorer(table, study, predictor="rssm")
+
+
+def test_explorer_live_starts_mid_horizon_and_redraws_on_every_control(monkeypatch):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from lib.experiments.predictive_study import explorer
+
+    table = pd.DataFrame({"arm": ["linear"], "seeds_reaching_target": [1], "seeds": [2],
+                          "wall_to_target_s": [3.0], "speedup_wall": [1.5]})
+    study = pd.DataFrame({"predictor": ["linear"] * 3 + ["oracle"] * 3, "anchor": 0, "k": [1, 2, 3] * 2,
+                          "latency_s": 0.1, "step_error": [0.4, 0.8, 0.9, 0.1, 0.2, 0.3],
+                          "cum_error": [0.4, 0.7, 0.8, 0.1, 0.15, 0.25]})
+    titles = []
+    monkeypatch.setattr(plt, "show", lambda fig=None, *a, **k: titles.append(fig.axes[0].get_title()))
+    monkeypatch.setenv("WORKBENCH_BATCH", "0")
+    widget = explorer(table, study, predictor="linear")
+    predictor_w, horizon_w = widget.children[0], widget.children[1]
+    assert horizon_w.value == 2 and titles[-1].startswith("linear: cumulative error at k=2: 0.70; target in 1/2")
+    horizon_w.value = 3  # a drag to the right now moves the slider
+    assert titles[-1].startswith("linear: cumulative error at k=3: 0.80")
+    horizon_w.value = 1
+    assert titles[-1].startswith("linear: cumulative error at k=1: 0.40")
+    predictor_w.value = "oracle"
+    assert titles[-1] == "oracle: cumulative error at k=1: 0.10"
+    plt.close("all")
