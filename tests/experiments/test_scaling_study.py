@@ -185,3 +185,21 @@ def test_exponent_plot_draws_an_interval_that_excludes_its_estimate():
     ax = scaling_study.plot_exponents(table)
     segments = ax.collections[0].get_segments()
     np.testing.assert_allclose([seg[:, 0] for seg in segments], [[0.4, 0.6], [0.43, 0.9]])
+
+
+def test_explorer_live_redraws_n_star_when_the_budget_slider_moves(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    law = scaling.ParametricFit.from_params(scaling.EPOCH_2024)
+    texts = []
+    monkeypatch.setattr(plt, "show", lambda fig=None, *a, **k: texts.append(fig.axes[1].texts[0].get_text()))
+    monkeypatch.setenv("WORKBENCH_BATCH", "0")
+    widget = scaling_study.explorer(par=law, fpt=lambda n: 6.0 * np.asarray(n, float), budgets=[1e18, 1e20])
+    slider = widget.children[0]
+    assert slider.description == "log10 C" and slider.value == pytest.approx(21.0)
+    assert texts[-1].startswith("C = 1.00e+21 FLOPs")
+    slider.value = 22.0
+    assert texts[-1].startswith("C = 1.00e+22 FLOPs")
+    n_star = [float(t.split("N* ")[1].split()[0]) for t in texts[-2:]]
+    assert n_star[1] > n_star[0]  # a larger budget buys a larger compute-optimal model
+    plt.close("all")
