@@ -54,6 +54,7 @@ from lib.core.runtime import (
     seed_everything,
 )
 from lib.core.stats import (
+    decide_difference,
     holm,
     median_censored,
     min_detectable_effect,
@@ -111,6 +112,7 @@ __all__ = [
     "wilson_interval",
     "holm",
     "min_detectable_effect",
+    "decide_difference",
     "median_censored",
     "Registry",
 ]

@@ -17,7 +17,7 @@ from lib.core.checks import check_confidence, check_int, check_number
 
 __all__ = [
     "t_critical", "t_interval", "summarize", "paired_difference", "verdict", "wilson_interval",
-    "holm", "min_detectable_effect", "median_censored",
+    "holm", "min_detectable_effect", "decide_difference", "median_censored",
 ]
 
 
@@ -138,6 +138,32 @@ def min_detectable_effect(sd: float, n: int, confidence: float = 0.95, power: fl
     if sd < 0:
         raise ValueError(f"sd must be >= 0, got {sd}")
     return (t_critical(n, confidence) + float(_scipy_stats.t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+def decide_difference(mean_diff: float, p_adjusted: float, mde: float, alpha: float = 0.05) -> str:
+    """The verdict on one paired difference ``a - b`` (lower is better) within a family of
+    comparisons whose p-values were adjusted together (``holm``).
+
+    "lower" / "higher" (a against b) only when ``p_adjusted <= alpha`` *and* ``|mean_diff|`` is
+    at least the minimum detectable effect ``mde`` (``min_detectable_effect`` from the A/A
+    noise); otherwise "cannot decide (difference below the detectable effect)" when
+    ``|mean_diff| < mde`` (or ``mde`` is NaN: nothing is detectable), else "cannot decide (not
+    significant after Holm)". Both gates, because over a few seeds a paired test can reject on a
+    spread that happens to be small: a difference the A/A noise could produce is not a finding.
+    """
+    mean_diff = check_number("mean_diff", mean_diff)
+    alpha = check_number("alpha", alpha, 0.0, 1.0, strict_min=True, strict_max=True)
+    p_adjusted, mde = float(p_adjusted), float(mde)
+    if math.isfinite(p_adjusted) and not 0.0 <= p_adjusted <= 1.0:
+        raise ValueError(f"p_adjusted must lie in [0, 1] or be NaN, got {p_adjusted}")
+    if mde < 0 or math.isinf(mde):
+        raise ValueError(f"mde must be a finite number >= 0 or NaN, got {mde}")
+    detectable = math.isfinite(mde) and abs(mean_diff) >= mde
+    if detectable and math.isfinite(p_adjusted) and p_adjusted <= alpha:
+        return "lower" if mean_diff < 0 else "higher"
+    if not detectable:
+        return "cannot decide (difference below the detectable effect)"
+    return "cannot decide (not significant after Holm)"
 
 
 def median_censored(values: Sequence[float], reached: Sequence[bool]) -> float:

@@ -31,6 +31,13 @@ all share one code path and one clock. An ``LMTask`` holds the run's ``lib.train
 (steps, batch, sequence length, LR, evaluation, data seed, device) and builds from it what
 the trainer takes ready-made: the loss and evaluation functions, the model, AdamW and the
 schedule. Intervals are ``lib.core.t_interval`` (Student-t over seeds).
+
+Verdicts (``aa_noise``, ``comparisons``): every predictor arm's final held-out loss against
+``plain``'s and ``plain_matched``'s, paired on the seed, as one family of paired t-tests
+Holm-adjusted together (``lib.core.holm``). An arm is called "lower" / "higher" only when its
+adjusted p-value rejects and the difference is at least the minimum detectable effect of the
+A/A noise (``lib.core.min_detectable_effect``, ``lib.core.decide_difference``); otherwise the
+answer is "cannot decide".
 """
 
 from __future__ import annotations
@@ -48,11 +55,17 @@ import torch
 from lib.core import (
     autocast,
     check_choice,
+    check_confidence,
     check_int,
+    check_number,
     check_positive,
     check_seed,
+    decide_difference,
+    holm,
     in_batch,
     median_censored,
+    min_detectable_effect,
+    paired_difference,
     pick_device,
     t_interval,
 )
@@ -398,6 +411,95 @@ def summarize(protocol: dict, target_slack: float = 0.01, speedup_goal: float = 
     return pd.DataFrame(rows), float(target)
 
 
+def _finals(protocol: dict, arm: str, lr: float | None = None) -> pd.Series:
+    """Final held-out loss of ``arm`` per seed: at its best LR (``protocol["results"]``), or at
+    peak ``lr`` (``protocol["all"]``)."""
+    if lr is None:
+        runs = {s: r for (a, s), r in protocol["results"].items() if a == arm}
+    else:
+        runs = {s: r for (a, v, s), r in protocol["all"].items() if a == arm and v == lr}
+    return pd.Series({s: float(r.evals["val_loss"].iloc[-1]) for s, r in sorted(runs.items())}, dtype=float)
+
+
+def aa_noise(protocol: dict, confidence: float = 0.95, power: float = 0.8) -> dict:
+    """The A/A noise of the protocol's paired comparisons and the minimum detectable effect (MDE,
+    nats/token) it implies, from runs the protocol already made: no extra run, no extra time.
+
+    Every comparison pairs two arms on the model seed (same initialisation, same batches), so its
+    noise is the seed-to-seed spread of a *paired* difference. A same-config A/A cannot measure
+    that: two plain runs with one seed are bitwise identical on a CPU. The nearest A/A the
+    protocol holds is plain at its best LR against plain at each neighbouring peak LR of the
+    grid, paired on the seed: two plain trainings one hyperparameter apart, whose mean gap (the
+    LR's effect) does not enter the spread. ``paired_std`` pools those differences' variances
+    and ``mde = lib.core.min_detectable_effect(paired_std, seeds, confidence, power)``.
+
+    ``seed_std`` (plain at its best LR across seeds, unpaired) is returned beside it but not
+    used where a neighbour exists: it also holds each seed's difficulty, which every arm shares
+    and pairing removes, so ``sqrt(2) * seed_std`` (notebook 04's bound) would overstate the
+    paired noise. With one swept LR (no neighbour) the MDE falls back to that conservative
+    bound (also where no neighbour has two finite paired seeds); ``source`` says which was used
+    ("paired" / "unpaired").
+    """
+    confidence = check_confidence(confidence)
+    power = check_number("power", power, 0.0, 1.0, strict_min=True, strict_max=True)
+    if not isinstance(protocol, Mapping) or "results" not in protocol:
+        raise ValueError("protocol must be a run_protocol result (a dict with 'results')")
+    plain = _finals(protocol, "plain")
+    if plain.empty:
+        raise ValueError("protocol must include the 'plain' arm")
+    best = float(protocol.get("best_lr", {}).get("plain", math.nan))
+    grid = sorted({v for a, v, _ in protocol.get("all", {}) if a == "plain"})
+    neighbours = []
+    if best in grid:
+        i = grid.index(best)
+        neighbours = [grid[j] for j in (i - 1, i + 1) if 0 <= j < len(grid)]
+    # A diverged run (non-finite loss) leaves its seed out of that pair's spread.
+    gaps = [(plain - _finals(protocol, "plain", v)).replace([np.inf, -np.inf], np.nan).dropna() for v in neighbours]
+    variances = [float(g.var(ddof=1)) for g in gaps if len(g) > 1]
+    n = len(plain)
+    seed_std = float(plain.std(ddof=1)) if n > 1 else math.nan
+    paired_std = math.sqrt(float(np.mean(variances))) if variances else math.nan
+    source = "paired" if math.isfinite(paired_std) else "unpaired"
+    spread = paired_std if source == "paired" else math.sqrt(2.0) * seed_std
+    return {"arm": "plain", "lr": best, "seeds": n, "seed_std": seed_std, "neighbour_lrs": neighbours,
+            "paired_std": paired_std, "source": source, "confidence": confidence, "power": power,
+            "mde": min_detectable_effect(spread, n, confidence, power)}
+
+
+def comparisons(protocol: dict, noise: dict) -> pd.DataFrame:
+    """Every predictor arm (all but ``plain`` and ``plain_matched``, each at its best LR) against
+    ``plain`` and against ``plain_matched``: final held-out loss, arm minus baseline, paired on
+    the seed, as one family.
+
+    Per row: ``arm``, ``baseline``, ``lib.core.paired_difference``'s ``n``, ``mean_diff``
+    (nats/token; negative: the arm ends lower), ``ci_low`` / ``ci_high`` and paired-t ``t_p``;
+    ``p_holm`` (Holm over every row, ``lib.core.holm``), ``mde`` (``aa_noise``) and ``verdict``
+    (``lib.core.decide_difference`` at level 1 - ``noise["confidence"]``, the level of the
+    MDE and of the intervals): "lower" / "higher" or "cannot decide (...)".
+    """
+    if not isinstance(noise, Mapping) or not {"mde", "confidence"} <= set(noise):
+        raise ValueError("noise must be an aa_noise result (a dict with 'mde' and 'confidence')")
+    confidence = check_confidence(noise["confidence"])
+    if not isinstance(protocol, Mapping) or "results" not in protocol:
+        raise ValueError("protocol must be a run_protocol result (a dict with 'results')")
+    arms = list(dict.fromkeys(a for a, _ in protocol["results"]))
+    if "plain" not in arms:
+        raise ValueError("protocol must include the 'plain' arm")
+    baselines = [b for b in ("plain", "plain_matched") if b in arms]
+    finals = {arm: _finals(protocol, arm) for arm in arms}
+    rows = [{"arm": arm, "baseline": base, **paired_difference(finals[arm], finals[base], confidence)}
+            for arm in arms if arm not in baselines for base in baselines]
+    columns = ["arm", "baseline", "n", "mean_diff", "ci_low", "ci_high", "t_p", "p_holm", "mde", "verdict"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["t_p"].to_numpy(dtype=float))
+    table["mde"] = float(noise["mde"])
+    table["verdict"] = [decide_difference(r.mean_diff, r.p_holm, r.mde, 1.0 - confidence)
+                        for r in table.itertuples()]
+    return table[columns]
+
+
 def loss_at_wall(protocol: dict, wall_s: float | None = None) -> pd.DataFrame:
     """Held-out loss of each arm at equal training wall-clock (linear interpolation of its
     eval curve; default budget: the shortest mean run among the arms), mean and CI over seeds."""
@@ -571,15 +673,27 @@ def _speedup(median_steps: float, speedup: float) -> str:
     return f"{speedup:.2f}x" if math.isfinite(median_steps) else "none (the median seed never reached the target)"
 
 
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horizon: pd.DataFrame,
-               settings) -> str:
+               settings, verdicts: pd.DataFrame, noise: dict) -> str:
     """Notebook 05's conclusion as Markdown from the quantities that are deterministic given the
     seeds (losses, steps, censoring, prediction errors, best LRs): the speedup ``table`` and
-    ``target`` (``summarize``), the LR sweep (``protocol["lr_table"]``) and the cumulative-error
-    table of the horizon study (``horizon_table``). The wall-clock reading is ``timing_summary``."""
+    ``target`` (``summarize``), the LR sweep (``protocol["lr_table"]``), the cumulative-error
+    table of the horizon study (``horizon_table``), the A/A ``noise`` (``aa_noise``) and the
+    paired ``verdicts`` read against it (``comparisons``). The wall-clock reading is
+    ``timing_summary``."""
     s = settings if isinstance(settings, Mapping) else vars(settings)
     rows = table.set_index("arm")
     plain = rows.loc["plain"]
+    decided = {(r.arm, r.baseline): r for r in verdicts.itertuples()}
+
+    def reading(arm, baseline):
+        r = decided.get((arm, baseline))
+        return "" if r is None else f" (Holm-adjusted p {_p(r.p_holm)}: **{r.verdict}**)"
+
     at_edge = lr_table[lr_table["best"] & lr_table["at_edge"]]["arm"].tolist()
     lines = [f"*Computed from this run ({s['profile']} profile{' (smoke)' if s.get('smoke') else ''}: "
              f"{s['steps']} optimizer steps, {len(s['seeds'])} seeds, every arm swept over peak LRs "
@@ -588,6 +702,29 @@ def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horiz
     lines.append(f"- **Tuned baselines.** Best peak LR per arm (lowest mean final loss over seeds): {best_bits}"
                  + (f"; at the edge of the grid for {', '.join(at_edge)}, so those optima may lie outside it."
                     if at_edge else "; every optimum is inside the grid."))
+    level, power = 1 - noise["confidence"], noise["power"]
+    if noise["source"] == "paired":
+        lrs = " and ".join(f"{v:g}" for v in noise["neighbour_lrs"])
+        plural = "s" if len(noise["neighbour_lrs"]) > 1 else ""
+        spread = (f"The A/A spread of a paired difference, plain at its best LR against plain at the "
+                  f"neighbouring peak LR{plural} {lrs} on the same seeds, is {_fmt(noise['paired_std'], 3)} nats/token "
+                  f"(plain's unpaired seed-to-seed spread, {_fmt(noise['seed_std'], 3)}, also holds each seed's "
+                  f"difficulty, which every arm shares and pairing removes)")
+    else:
+        spread = (f"Plain's seed-to-seed spread at its best LR is {_fmt(noise['seed_std'], 3)} nats/token "
+                  f"(no neighbouring peak LR to pair plain against, so no paired A/A: the MDE takes the spread "
+                  f"of a difference of two independent runs, the conservative bound)")
+    lines.append(f"- **Noise and what it lets us see.** {spread}. With {noise['seeds']} paired seeds the minimum "
+                 f"detectable effect (two-sided {level:.0%}, power {power:.0%}) is **{_fmt(noise['mde'], 3)} "
+                 f"nats/token**. Each predictor arm's final loss is compared with plain's and the compute-matched "
+                 f"control's (paired t-tests, Holm over all {len(verdicts)}); only a Holm-significant difference "
+                 f"at least that large gets a verdict, anything else is \"cannot decide\", not a ranking.")
+    called = [f"`{r.arm}` {r.verdict} than {r.baseline}" for r in verdicts.itertuples()
+              if not r.verdict.startswith("cannot")]
+    undecided = verdicts["verdict"][verdicts["verdict"].str.startswith("cannot")].value_counts()
+    why = ", ".join(f"{int(k)} {v.removeprefix('cannot decide (').rstrip(')')}" for v, k in undecided.items())
+    lines.append(f"- **Verdicts.** Decided: {'; '.join(called) or 'none'}. Cannot decide: "
+                 f"{int(undecided.sum())} of {len(verdicts)}{f' ({why})' if why else ''}.")
     lines.append(f"- **Target** {target:.3f} nats/token (plain's worst final loss over seeds at its best LR, +1%); "
                  f"plain reaches it at a median step of {_fmt(plain['steps_to_target'], 1)} "
                  "(steps interpolated between evaluations).")
@@ -596,8 +733,9 @@ def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horiz
             continue
         lines.append(
             f"  - `{arm}`: final {r['final_val_loss']:.3f} ± {_fmt(r['final_ci'], 3)}; paired vs plain "
-            f"{r['delta_vs_plain']:+.3f} ± {_fmt(r['delta_vs_plain_ci'], 3)}, vs the compute-matched control "
-            f"{r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}; {int(r['real_steps'])} real steps; "
+            f"{r['delta_vs_plain']:+.3f} ± {_fmt(r['delta_vs_plain_ci'], 3)}{reading(arm, 'plain')}, vs the "
+            f"compute-matched control {r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}"
+            f"{reading(arm, 'plain_matched')}; {int(r['real_steps'])} real steps; "
             f"target reached in {int(r['seeds_reaching_target'])} of {int(r['seeds'])} seeds "
             f"({int(r['censored'])} censored), median step {_fmt(r['steps_to_target'], 1)}, median step speedup "
             f"{_speedup(r['steps_to_target'], r['speedup_steps'])}.")

@@ -237,6 +237,23 @@ def test_min_detectable_effect_gives_the_stated_power_by_simulation():
     assert math.isnan(min_detectable_effect(sd, 1))
 
 
+def test_decide_difference_needs_both_holm_significance_and_the_detectable_effect():
+    from lib.core.stats import decide_difference
+    below, not_sig = ("cannot decide (difference below the detectable effect)",
+                      "cannot decide (not significant after Holm)")
+    assert decide_difference(-0.3, 0.01, 0.1) == "lower" and decide_difference(0.3, 0.01, 0.1) == "higher"
+    assert decide_difference(0.1, 0.05, 0.1) == "higher"          # both bounds are inclusive
+    assert decide_difference(-0.05, 0.001, 0.1) == below          # significant, but inside the A/A noise
+    assert decide_difference(0.3, 0.2, 0.1) == not_sig            # large, but Holm does not reject
+    assert decide_difference(0.3, float("nan"), 0.1) == not_sig   # no test (zero spread)
+    assert decide_difference(0.3, 0.001, float("nan")) == below   # nothing is detectable without noise
+    assert decide_difference(-0.3, 0.04, 0.1, alpha=0.01) == not_sig
+    for kw, name in ((dict(mean_diff=float("nan")), "mean_diff"), (dict(p_adjusted=1.5), "p_adjusted"),
+                     (dict(mde=-0.1), "mde"), (dict(alpha=0.0), "alpha")):
+        with pytest.raises(ValueError, match=name):
+            decide_difference(**{**dict(mean_diff=0.1, p_adjusted=0.01, mde=0.05), **kw})
+
+
 def test_median_censored_counts_every_seed():
     from lib.core.stats import median_censored
     assert median_censored([1.0, 2.0, 9.0], [True, True, False]) == 2.0

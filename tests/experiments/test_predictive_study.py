@@ -225,7 +225,14 @@ def test_task_and_protocol_inputs_are_validated():
 def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
     import pandas as pd
 
-    from lib.experiments.predictive_study import conclusion, explorer, summarize, timing_summary
+    from lib.experiments.predictive_study import (
+        aa_noise,
+        comparisons,
+        conclusion,
+        explorer,
+        summarize,
+        timing_summary,
+    )
     from lib.predictive import HybridResult
 
     def result(vals, walls):
@@ -235,10 +242,13 @@ def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
 
     results = {("plain", s): result([5.0, 4.0, 3.0], [0.0, 5.0, 10.0]) for s in (0, 1)}
     results.update({("fast", s): result([5.0, 3.0, 2.99], [0.0, 2.0, 4.0]) for s in (0, 1)})
-    table, target = summarize({"results": results, "best_lr": {"plain": 1e-3, "fast": 2e-3}})
+    protocol = {"results": results, "best_lr": {"plain": 1e-3, "fast": 2e-3}}
+    table, target = summarize(protocol)
     lr_table = pd.DataFrame({"arm": ["plain", "fast"], "lr": [1e-3, 2e-3], "best": True, "at_edge": [False, True]})
     horizon = pd.DataFrame({"null": [1.0, 1.0], "linear": [0.4, 0.7], "oracle": [0.3, 0.5]}, index=[1, 2])
-    text = conclusion(table, target, lr_table, horizon, dict(profile="quick", steps=10, seeds=(0, 1), lrs=(1e-3, 2e-3)))
+    noise = aa_noise(protocol)
+    text = conclusion(table, target, lr_table, horizon, dict(profile="quick", steps=10, seeds=(0, 1), lrs=(1e-3, 2e-3)),
+                      comparisons(protocol, noise), noise)
     assert f"{target:.3f} nats/token" in text and "fast 0.002" in text and "edge of the grid for fast" in text
     assert "oracle 0.50" in text.replace("linear 0.70, ", "") and "bounds every" in text
     costs = pd.DataFrame({"arm": ["plain", "fast"], "real_step_s": [1.0, 1.0], "predicted_step_s": [float("nan"), 0.1],
@@ -254,6 +264,123 @@ def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
     assert "cumulative error at k=2: 0.70" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="predictor"):
         explorer(table, study, predictor="rssm")
+
+
+def _finals_protocol(finals: dict, best_lr: dict):
+    """A protocol-like dict whose runs end at the given final held-out losses:
+    ``finals[(arm, lr)]`` lists one final loss per seed; each arm is read at ``best_lr[arm]``."""
+    import pandas as pd
+
+    from lib.predictive import HybridResult
+
+    def result(final):
+        hist = pd.DataFrame({"step": range(4), "real": True, "backward": True, "update_norm": 1.0})
+        ev = pd.DataFrame({"step": [0, 10], "real_steps": 0, "wall_s": [0.0, 1.0], "val_loss": [6.0, final]})
+        return HybridResult(hist, pd.DataFrame(), ev, {}, 1.0)
+
+    everything = {(arm, lr, s): result(v) for (arm, lr), vals in finals.items() for s, v in enumerate(vals)}
+    results = {(arm, s): r for (arm, lr, s), r in everything.items() if lr == best_lr[arm]}
+    return {"results": results, "all": everything, "best_lr": best_lr}
+
+
+# Six seeds whose difficulty every arm shares (what pairing on the seed removes), and fixed
+# zero-mean wiggles, so each case's truth is known exactly.
+_SEED = np.array([0.0, 0.3, 0.6, 0.9, 1.2, 1.5])
+_WIGGLE = np.array([0.02, -0.01, 0.0, -0.02, 0.01, 0.0])
+
+
+def test_comparisons_call_a_clear_gap_and_refuse_noise_and_apply_holm():
+    from scipy import stats
+
+    from lib.experiments.predictive_study import aa_noise, comparisons
+
+    plain = 3.0 + _SEED
+    borderline = plain + 0.07 + np.array([0.05, -0.06, 0.04, -0.05, 0.08, -0.06])
+    finals = {("plain", 1e-3): plain, ("plain", 5e-4): plain + 0.2 + _WIGGLE,
+              ("plain", 2e-3): plain + 0.1 - 2 * _WIGGLE[::-1],
+              ("plain_matched", 1e-3): plain + 0.3 + _WIGGLE[::-1],
+              ("good", 1e-3): plain - 0.5 + _WIGGLE,           # far below plain, far beyond the noise
+              ("same", 1e-3): plain + 0.01 + 0.1 * _WIGGLE,    # a real but tiny gap, inside the A/A noise
+              ("borderline", 1e-3): borderline,
+              ("noisy", 1e-3): plain + 3 * _WIGGLE[::-1]}     # no gap at all, a wider spread
+    protocol = _finals_protocol(finals, {arm: 1e-3 for arm, _ in finals})
+    noise = aa_noise(protocol)
+    # Paired A/A: plain at its best LR against both neighbours, variances pooled.
+    pooled = np.sqrt(np.mean([np.var(_WIGGLE, ddof=1), np.var(2 * _WIGGLE, ddof=1)]))
+    n = len(_SEED)
+    assert noise["source"] == "paired" and noise["neighbour_lrs"] == [5e-4, 2e-3]
+    assert noise["paired_std"] == pytest.approx(pooled)
+    assert noise["seed_std"] == pytest.approx(np.std(plain, ddof=1))   # unpaired: the seed difficulty
+    assert noise["mde"] == pytest.approx((stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * pooled / np.sqrt(n))
+    table = comparisons(protocol, noise)
+    assert len(table) == 8 and set(table["baseline"]) == {"plain", "plain_matched"}
+    row = table.set_index(["arm", "baseline"])
+    assert row.loc[("good", "plain"), "verdict"] == "lower"
+    assert row.loc[("good", "plain"), "mean_diff"] == pytest.approx(-0.5)
+    # Significant even after Holm (the gap barely varies), yet smaller than the A/A noise lets
+    # this design detect: not a finding.
+    same = row.loc[("same", "plain")]
+    assert same["p_holm"] < 0.05 and abs(same["mean_diff"]) < noise["mde"]
+    assert same["verdict"] == "cannot decide (difference below the detectable effect)"
+    assert row.loc[("same", "plain_matched"), "verdict"] == "lower"
+    # Unadjusted the borderline gap passes (p < 0.05) and it exceeds the MDE; Holm over the
+    # family of eight does not reject it.
+    b = row.loc[("borderline", "plain")]
+    assert b["t_p"] == pytest.approx(stats.ttest_rel(borderline, plain).pvalue)
+    assert b["t_p"] < 0.05 < b["p_holm"] and abs(b["mean_diff"]) > noise["mde"]
+    assert b["verdict"] == "cannot decide (not significant after Holm)"
+    rank = int((table["t_p"] <= b["t_p"]).sum())   # Holm multiplies the k-th smallest p by at least m - k + 1
+    assert b["p_holm"] >= (len(table) - rank + 1) * b["t_p"] - 1e-12
+
+
+def test_aa_noise_without_a_neighbouring_lr_falls_back_to_the_unpaired_bound():
+    from lib.core import min_detectable_effect
+    from lib.experiments.predictive_study import aa_noise, comparisons
+
+    plain = 3.0 + _SEED
+    protocol = _finals_protocol({("plain", 1e-3): plain, ("arm", 1e-3): plain - 0.05},
+                                {"plain": 1e-3, "arm": 1e-3})
+    noise = aa_noise(protocol)
+    sd = np.std(plain, ddof=1)
+    assert noise["source"] == "unpaired" and np.isnan(noise["paired_std"])
+    assert noise["mde"] == pytest.approx(min_detectable_effect(np.sqrt(2) * sd, len(plain)))
+    # A constant 0.05 gap: no spread, so no test; far below the conservative MDE.
+    assert comparisons(protocol, noise)["verdict"].tolist() == ["cannot decide (difference below the detectable effect)"]
+    for bad, match in (({"results": {}}, "plain"), ({}, "protocol"), ([], "protocol")):
+        with pytest.raises(ValueError, match=match):
+            aa_noise(bad)
+    with pytest.raises(ValueError, match="power"):
+        aa_noise(protocol, power=1.0)
+    with pytest.raises(ValueError, match="noise"):
+        comparisons(protocol, {"mde": 0.1})
+
+
+def test_conclusion_states_the_detectable_effect_before_the_verdicts():
+    import pandas as pd
+
+    from lib.experiments.predictive_study import aa_noise, comparisons, conclusion, summarize
+
+    plain = 3.0 + _SEED
+    finals = {("plain", 1e-3): plain, ("plain", 2e-3): plain + 0.1 + _WIGGLE,
+              ("plain_matched", 1e-3): plain + 0.3 + _WIGGLE[::-1], ("good", 1e-3): plain - 0.5 + _WIGGLE,
+              ("same", 1e-3): plain + 0.5 * _WIGGLE}
+    protocol = _finals_protocol(finals, {arm: 1e-3 for arm, _ in finals})
+    table, target = summarize(protocol)
+    noise = aa_noise(protocol)
+    verdicts = comparisons(protocol, noise)
+    lr_table = pd.DataFrame({"arm": list(dict.fromkeys(a for a, _ in finals)), "lr": 1e-3, "best": True,
+                             "at_edge": False})
+    horizon = pd.DataFrame({"null": [1.0], "oracle": [0.5]}, index=[1])
+    settings = dict(profile="quick", steps=10, seeds=tuple(range(len(_SEED))), lrs=(1e-3, 2e-3))
+    text = conclusion(table, target, lr_table, horizon, settings, verdicts, noise)
+    mde = f"**{noise['mde']:.3f} nats/token**"
+    assert mde in text and text.index(mde) < text.index("- **Verdicts.**")
+    assert f"neighbouring peak LR 0.002 on the same seeds, is {noise['paired_std']:.3f}" in text
+    assert f"Holm over all {len(verdicts)}" in text and "`good` lower than plain" in text
+    assert "`good` lower than plain_matched; `same` lower than plain_matched" in text
+    assert "Cannot decide: 1 of 4 (1 difference below the detectable effect)" in text
+    good = verdicts.set_index(["arm", "baseline"]).loc[("good", "plain")]
+    assert f"paired vs plain -0.500 ± {good['ci_high'] - good['mean_diff']:.3f} (Holm-adjusted p < 0.001: **lower**)" in text
 
 
 def test_explorer_live_starts_mid_horizon_and_redraws_on_every_control(monkeypatch):
