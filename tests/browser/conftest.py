@@ -9,12 +9,15 @@ or ``WORKBENCH_REQUIRE_LOCKED=1``, both set by ``.ci/run``) they fail instead.
 Fixtures: ``browser`` (one Chromium per session), ``lab`` (a JupyterLab started with
 ``tasks.lab_command`` on a free port with a token, serving copies of the notebooks in a
 throwaway workbench root, so nothing in the checkout is modified), ``report_site`` (the
-``invoke report`` site built from the committed notebooks). Screenshots go to
-``build/browser/``.
+``invoke report`` site built from the committed notebooks, in a thread that starts with the
+session), ``timings`` (``with timings.phase(name):`` records a phase's wall-clock seconds).
+Screenshots go to ``build/browser/``; the phases' timings to ``build/browser/timings.json``,
+their total is printed at the end of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 LAB_START_S = 90
 
 _skipped: list[str] = []
+
+
+class Timings:
+    """Wall-clock seconds per phase of the browser suite, from the first browser fixture on."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - start, 2)
+
+    def summary(self) -> dict:
+        return {"total_s": round(time.monotonic() - self.start, 2), "phases_s": self.phases}
+
+
+_timings: list[Timings] = []
 
 
 def chromium_path() -> str | None:
@@ -83,7 +109,20 @@ def pytest_runtest_logreport(report):
         _skipped.append(report.nodeid)
 
 
+@pytest.fixture(scope="session")
+def timings(browser_available) -> Timings:
+    _timings.append(Timings())
+    return _timings[-1]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _timings:
+        summary = _timings[-1].summary()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        (SHOTS / "timings.json").write_text(json.dumps(summary, indent=1) + "\n")
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in summary["phases_s"].items())
+        terminalreporter.write_line(f"browser suite: {summary['total_s']:.1f} s in all ({phases}; "
+                                    f"{(SHOTS / 'timings.json').relative_to(ROOT)})")
     names = list(_skipped)
     for report in terminalreporter.stats.get("skipped", []):
         if SKIP_PHRASE in str(report.longrepr) and report.nodeid not in names:
@@ -96,12 +135,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(scope="session")
-def browser(browser_available):
+def browser(browser_available, timings, _report_build):
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        with timings.phase("chromium_launch"):
+            chromium = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
@@ -173,7 +213,7 @@ class Lab:
 
 
 @pytest.fixture(scope="session")
-def lab(browser_available, tmp_path_factory):
+def lab(browser_available, tmp_path_factory, timings, _report_build):
     sys.path.insert(0, str(ROOT))
     import tasks
 
@@ -198,7 +238,8 @@ def lab(browser_available, tmp_path_factory):
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + LAB_START_S
+        started = time.monotonic()
+        deadline = started + LAB_START_S
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -210,7 +251,8 @@ def lab(browser_available, tmp_path_factory):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"jupyter lab did not answer within {LAB_START_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+            time.sleep(0.2)
+        timings.phases["jupyterlab_start"] = round(time.monotonic() - started, 2)
         yield Lab(url, token, root, log)
     finally:
         proc.terminate()
@@ -221,8 +263,21 @@ def lab(browser_available, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def report_site(browser_available, tmp_path_factory) -> Path:
+def _report_build(browser_available, timings):
+    """The report site, built in a thread beside JupyterLab's start and notebook 01's run (it
+    reads the committed notebooks only): the report tests need not wait for it afterwards."""
     from lib.core import build_report
 
-    books = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    return build_report(books, SHOTS / "report")
+    def build() -> Path:
+        with timings.phase("report_build"):
+            books = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+            return build_report(books, SHOTS / "report")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(build)
+
+
+@pytest.fixture(scope="session")
+def report_site(_report_build, timings) -> Path:
+    with timings.phase("report_wait"):
+        return _report_build.result(timeout=300)

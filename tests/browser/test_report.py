@@ -47,19 +47,25 @@ def test_index_lists_every_question_with_its_answer_and_figures(report_site, ope
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
 def test_notebook_page_loads_offline_with_every_image(book, report_site, open_page):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     watch = open_page()
     try:
+        cells = json.loads(book.read_text())["cells"]
+        plotly_outputs = sum(1 for c in cells for o in c.get("outputs", [])
+                             if "application/vnd.plotly.v1+json" in o.get("data", {}))
         broken, n_images = _load(watch, report_site.parent / f"{book.stem}.html")
-        watch.page.wait_for_timeout(300)  # plotly draws after load
+        try:  # plotly draws after load
+            watch.page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= "
+                                         f"{plotly_outputs}", timeout=10_000)
+        except PlaywrightTimeout:  # the count is asserted below, with the numbers
+            pass
         watch.shot(f"report-{book.stem}")
         assert not broken, f"{book.stem}: images that did not load: {broken}"
         assert not watch.errors, f"{book.stem}: console errors: {watch.errors}"
         assert not watch.network, f"{book.stem}: fetched from the network: {watch.network[:5]}"
-        expected_images = sum(1 for c in json.loads(book.read_text())["cells"]
-                              for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+        expected_images = sum(1 for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
         assert n_images >= expected_images
-        plotly_outputs = sum(1 for c in json.loads(book.read_text())["cells"]
-                             for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {}))
         drawn = watch.page.locator(".js-plotly-plot .main-svg").count()
         assert drawn >= plotly_outputs, f"{book.stem}: {plotly_outputs} plotly figures, {drawn} drawn"
     finally:
