@@ -4,8 +4,8 @@ opening a notebook leaves it unmodified, notebook 01 runs top to bottom, and eve
 
 The suite is sized to finish in about two minutes on 2 cores. Notebook 01 runs top to bottom
 (Run All) at tiny sizes: the throwaway copy's ``parameters`` cell shrinks the quick profile
-(``TINY_01``), so every cell and code path runs, on a few hundred steps instead of 110 s of
-training. Notebook 02's explorer runs after its setup cells (the ``parameters`` cell and the
+(``TINY_01``), so every cell and code path runs, on a few hundred steps instead of a minute or
+two of training. Notebook 02's explorer runs after its setup cells (the ``parameters`` cell and the
 code cell after it). The explorers of 03, 04 and 05 need the results of their notebooks'
 studies, so by default each is called, as its notebook calls it, on small synthetic inputs in
 one scratch notebook (``SYNTHETIC_EXPLORERS``); ``WORKBENCH_BROWSER_FULL=1`` runs the real
@@ -27,11 +27,12 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 BOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 FULL_ENV = "WORKBENCH_BROWSER_FULL"
-# Limits that catch a hang, not a speed target: notebook 01's Run All at TINY_01 takes about 20 s
-# on an idle 2-core machine (its own quick profile about 110 s, under WORKBENCH_BROWSER_FULL=1).
+# Limits that catch a hang, not a speed target: notebook 01's Run All at TINY_01 took 13-15 s on an
+# idle 2-core machine, the whole suite 51 s (01 at its own quick profile, WORKBENCH_BROWSER_FULL=1:
+# 50-110 s, more than twice that on a busy machine).
 OPEN_S, RUN_ALL_S, CELL_S, REDRAW_S = 90, 480, 120, 30
 # Appended to the copied 01's parameters cell: the quick profile at a few hundred steps (2 seeds,
-# 2 LRs, runs of 8-32 steps, short benchmarks), so Run All exercises every cell in ~20 s.
+# 2 LRs, runs of 8-32 steps, short benchmarks), so Run All exercises every cell in seconds.
 TINY_01 = """
 # tests/browser: tiny sizes, every cell still runs
 from lib.experiments import schedules_study as _study
