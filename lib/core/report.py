@@ -46,8 +46,9 @@ def in_batch() -> bool:
     IPython kernel (plain Python, terminal IPython) has no frontend to draw widgets, so it counts
     as batch; and a kernel whose current execute request has ``allow_stdin`` false counts as
     batch. Headless clients (nbclient, which papermill and nbconvert use, and nbval) send it
-    false because no one can answer ``input()``; JupyterLab, Notebook and VS Code send it true.
-    Voila also executes through nbclient: set ``WORKBENCH_BATCH=0`` there for live explorers.
+    false because no one can answer ``input()``; JupyterLab (and Notebook 7, built on it) sends
+    it true (tests/browser checks the explorers are live there). Voila also executes through
+    nbclient: set ``WORKBENCH_BATCH=0`` there for live explorers.
     """
     value = os.environ.get(BATCH_ENV)
     if value is not None:
