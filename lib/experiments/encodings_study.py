@@ -32,6 +32,7 @@ from lib.core import (
     check_int_array,
     holm,
     in_batch,
+    median_censored,
     min_detectable_effect,
     paired_difference,
     seed_everything,
@@ -354,12 +355,20 @@ def compare_to_reference(examples: pd.DataFrame, reference: str = REFERENCE, alp
     return out
 
 
+def _beyond_mde(row) -> bool:
+    """A difference at least the detectable effect (a zero difference never is: its seeds agree)."""
+    return row["diff"] != 0 and abs(row["diff"]) >= row["mde"]
+
+
 def training_table(training: pd.DataFrame, cap: int) -> pd.DataFrame:
-    """Steps used per (task, label): median and range over seeds, and how many seeds reached
-    the criterion (a seed that did not is counted at the cap)."""
+    """Steps used per (task, label): the median over every seed with those that never reached
+    the criterion right-censored (``lib.core.median_censored``: inf, "not reached", when half
+    or more did not), the range of steps run (a censored seed ran to the cap), and how many
+    seeds reached the criterion."""
     rows = []
     for (task, label), g in training.groupby(["task", "label"], sort=False):
-        rows.append({"task": task, "label": label, "median_steps": float(g["steps"].median()),
+        median = median_censored(g["steps"].to_numpy(float), g["reached"].to_numpy(bool))
+        rows.append({"task": task, "label": label, "median_steps": median,
                      "min_steps": int(g["steps"].min()), "max_steps": int(g["steps"].max()),
                      "reached": int(g["reached"].sum()), "seeds": len(g), "cap": int(cap)})
     return pd.DataFrame(rows)
@@ -493,7 +502,9 @@ def suite_conclusion(accuracy: pd.DataFrame, comparisons: pd.DataFrame, training
         better = [f"{r['label']} ({_fmt_diff(r)})" for _, r in cmp.iterrows() if r["decision"] == "better"]
         worse = [f"{r['label']} ({_fmt_diff(r)})" for _, r in cmp.iterrows() if r["decision"] == "worse"]
         undecided = [f"{r['label']} ({r['diff']:+.2f}, detectable {r['mde']:.2f})" for _, r in cmp.iterrows()
-                     if r["decision"] == "cannot decide"]
+                     if r["decision"] == "cannot decide" and not _beyond_mde(r)]
+        unconfirmed = [f"{r['label']} ({r['diff']:+.2f}, detectable {r['mde']:.2f})" for _, r in cmp.iterrows()
+                       if r["decision"] == "cannot decide" and _beyond_mde(r)]
         if better:
             lines.append(f"  At {ratio}x, better than {reference} (difference in exact match, 95% CI; Holm "
                          f"p <= 0.05): " + "; ".join(better) + ".")
@@ -502,9 +513,13 @@ def suite_conclusion(accuracy: pd.DataFrame, comparisons: pd.DataFrame, training
         if undecided:
             lines.append(f"  At {ratio}x, cannot decide (difference below the detectable effect): "
                          + "; ".join(undecided) + ".")
+        if unconfirmed:
+            lines.append(f"  At {ratio}x, cannot decide (not significant after Holm): "
+                         + "; ".join(unconfirmed) + ".")
         tr = training[training["task"] == task]
         slow = tr[tr["reached"] < tr["seeds"]]
-        text = ", ".join(f"{r['label']} {r['median_steps']:.0f}" for _, r in tr.iterrows())
+        text = ", ".join(f"{r['label']} " + (f"{r['median_steps']:.0f}" if math.isfinite(r["median_steps"])
+                                             else "not reached") for _, r in tr.iterrows())
         lines.append(f"  Median steps to the criterion: {text}"
                      + (f"; not reached by every seed within {int(tr['cap'].iloc[0])} steps: "
                         + ", ".join(f"{r['label']} ({r['reached']}/{r['seeds']})" for _, r in slow.iterrows())

@@ -516,6 +516,18 @@ def hagele_verdict(comparisons: pd.DataFrame, margin: float, arm: str = HAGELE_A
     if (within | better).all():
         return "holds", (f"holds here: at every length {arm} is within ±{margin:g} nats/token of {baseline} "
                          f"or below it ({detail})")
+    # The reason is the rows' own: a difference beyond the detectable effect that the
+    # Holm-adjusted test does not confirm is a different finding from one lost in the noise.
+    large = rows[rows["verdict"] == "cannot decide (not significant after Holm)"]
+    if len(large):
+        lengths = ", ".join(str(s) for s in large["steps"])
+        side = {True: "below", False: "above"}
+        sides = sorted({side[bool(d < 0)] for d in large["mean_diff"]})
+        return "cannot decide", (f"cannot decide (not significant after Holm): at {lengths} steps {arm} ends "
+                                 f"{' or '.join(sides)} {baseline} by more than the detectable effect, but "
+                                 f"the Holm-adjusted test does not reject with {int(rows['n'].min())} paired "
+                                 f"seeds, and the intervals are wider than the ±{margin:g} nats/token "
+                                 f"equivalence margin ({detail})")
     return "cannot decide", (f"cannot decide (difference below the detectable effect): the intervals are "
                              f"wider than the ±{margin:g} nats/token equivalence margin and no length "
                              f"shows a significant difference ({detail})")

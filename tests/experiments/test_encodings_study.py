@@ -189,3 +189,19 @@ def test_explorer_is_a_figure_in_batch_and_a_widget_led_by_a_slider_live(monkeyp
     with pytest.raises(ValueError, match="encoding"):
         E.explorer_figure("alibi")
     plt.close("all")
+
+
+def test_training_table_counts_seeds_that_never_reach_the_criterion_as_censored():
+    training = pd.DataFrame({"task": "niah", "label": ["a"] * 3 + ["b"] * 2, "seed": [0, 1, 2, 0, 1],
+                             "steps": [100, 300, 300, 80, 300], "reached": [True, False, False, True, False]})
+    table = E.training_table(training, 300).set_index("label")
+    # a: two of three seeds ran to the cap without reaching it, so the median is "not reached",
+    # where counting them at the cap would report 300 steps.
+    assert math.isinf(table.loc["a", "median_steps"]) and table.loc["a", "reached"] == 1
+    assert math.isinf(table.loc["b", "median_steps"])
+    reached = training.assign(reached=True, steps=[100, 120, 140, 80, 90])
+    assert E.training_table(reached, 300).set_index("label").loc["a", "median_steps"] == 120
+    ex = _examples({"rope": np.ones((2, 4), bool), "a": np.ones((2, 4), bool)}, length=32)
+    text = E.suite_conclusion(E.accuracy_table(ex), E.compare_to_reference(ex),
+                              E.training_table(training[training["label"] == "a"], 300), None, 32)
+    assert "a not reached" in text and "a (1/3)" in text

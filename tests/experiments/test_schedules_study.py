@@ -218,6 +218,20 @@ def test_hagele_verdict_reads_the_numbers():
         S.hagele_verdict(same, 0.0)
 
 
+def test_hagele_verdict_gives_the_rows_reason_when_holm_does_not_confirm_a_large_difference():
+    # Four lengths, each 0.1 below cosine (beyond its detectable effect, unadjusted p ~ 0.016):
+    # Holm over the four does not reject, which is not "below the detectable effect".
+    spread = [-0.07, 0.07, 0.0, -0.035, 0.035]
+    comp = synthetic_comparisons({n: [-0.1 + e for e in spread] for n in (50, 100, 200, 400)})
+    assert (comp["verdict"] == "cannot decide (not significant after Holm)").all(), comp
+    assert (comp["mean_diff"].abs() >= comp["mde"]).all() and (comp["t_p"] < 0.05).all()
+    status, text = S.hagele_verdict(comp, 0.02)
+    assert status == "cannot decide"
+    assert text.startswith("cannot decide (not significant after Holm)")
+    assert "below cosine by more than the detectable effect" in text and "5 paired seeds" in text
+    assert "difference below the detectable effect" not in text
+
+
 @pytest.mark.slow
 def test_conclusion_states_the_computed_numbers(tiny_study):
     _, _, study = tiny_study
