@@ -38,6 +38,10 @@ LOCK = ROOT / "constraints.txt"
 LOCKED_TORCH = "2.13.0"
 # Outer wall-clock limits per notebook (seconds): papermill can hang after the last cell.
 TIMEOUT = {"quick": 20 * 60, "full": 6 * 60 * 60}
+# The quick profile's budget per notebook on 2 idle cores, and where `invoke refresh` records
+# what each notebook took.
+QUICK_BUDGET_S = 180
+TIMINGS = NOTEBOOKS / "timings.json"
 # Headless executions (papermill, nbval) set this, so an explorer cell draws its static figure
 # instead of live widgets (lib.core.in_batch reads it; JupyterLab sessions leave it unset).
 BATCH = {"WORKBENCH_BATCH": "1"}
@@ -47,7 +51,10 @@ BATCH = {"WORKBENCH_BATCH": "1"}
 # These pin every library to its AVX2 path (MKL's conditional numerical reproducibility, STRICT:
 # also independent of the thread count); an explicit setting in the environment wins. Notebook
 # executions only: torch.compile's CPU code generation does not follow the ATen pin, and the
-# unit tests that compare compiled with eager code fail under it.
+# unit tests that compare compiled with eager code fail under it. Not every x86 CPU: an Intel Xeon
+# with AMX (Sapphire Rapids) computes other last digits than the AMD EPYC machines the outputs were
+# made on even pinned, and no MKL branch (AVX2, AVX, SSE4_2, AVX512, COMPATIBLE) nor oneDNN cap
+# reproduces them there, so refresh on a machine where `invoke test --only NN` passes first.
 REPRODUCIBLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 NOTEBOOK_ENV = {**BATCH, **{k: os.environ.get(k, v) for k, v in REPRODUCIBLE_CPU.items()}}
 # The kernelspec as JupyterLab writes it when it opens a notebook (ipykernel's python3 kernel):
@@ -265,9 +272,11 @@ def refresh(c, only: str | None = None, timeout: int | None = None):
         rows.append((book.name, status, secs))
         if status == "ok":
             nb = json.loads(tmp.read_text())
+            cells = _cell_seconds(nb)
             _strip_volatile_metadata(nb)
             _normalise_kernel_metadata(nb)
             book.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            _record_timing(book, secs, cells)
         else:
             failures.append(f"{book.name}: {detail}")
     print()
@@ -275,6 +284,30 @@ def refresh(c, only: str | None = None, timeout: int | None = None):
     if failures:
         print("\nfailures (left unchanged):\n  " + "\n  ".join(failures))
         raise Exit(f"{len(failures)} of {len(books)} notebooks failed", code=1)
+
+
+def _cell_seconds(nb: dict) -> dict[str, float]:
+    """Each code cell's papermill duration (s), keyed by its index, before the durations are
+    stripped from the committed notebook (they change on every run and would churn its diff)."""
+    out = {}
+    for i, cell in enumerate(nb["cells"]):
+        seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if cell.get("cell_type") == "code" and seconds is not None:
+            out[str(i)] = round(float(seconds), 1)
+    return out
+
+
+def _record_timing(book: Path, seconds: float, cells: dict[str, float]) -> None:
+    """Write how long ``invoke refresh`` took for ``book`` (quick profile) into TIMINGS, with
+    the machine it ran on: the committed evidence for the quick profile's time budget
+    (``QUICK_BUDGET_S``, checked by tests/test_notebooks.py). Written atomically."""
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    slowest = sorted(cells.items(), key=lambda kv: -kv[1])[:5]
+    timings[book.stem] = {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
+                          "date": time.strftime("%Y-%m-%d"), "slowest_cells": dict(slowest)}
+    tmp = TIMINGS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(timings.items())), indent=1) + "\n")
+    os.replace(tmp, TIMINGS)
 
 
 def _normalise_kernel_metadata(nb: dict) -> None:
@@ -316,8 +349,10 @@ def test(c, fast: bool = False, workers: int = 2, only: str | None = None, lates
     env = dict(os.environ, PYTHONHASHSEED="0", MPLBACKEND="Agg", **BATCH)
     # The full-profile smoke runs (tests/test_full_profile.py) execute every notebook at the full
     # shapes, a few steps per run, beside the unit tests: a full-only path must not break unseen.
-    select = "not full_profile and not browser" if fast else "not full_profile_long and not browser"
-    c.run(f'{sys.executable} -m pytest tests -q -n {workers} -m "{select}"', env=env, pty=False)
+    select = "not full_profile and not browser" if fast else "not browser"
+    # One test at a time per worker: tests/conftest.py puts the long smoke runs first, and
+    # xdist's default chunks would queue several of them on one worker.
+    c.run(f'{sys.executable} -m pytest tests -q -n {workers} --maxschedchunk 1 -m "{select}"', env=env, pty=False)
     # The browser suite runs notebook 01 top to bottom in JupyterLab against wall-clock limits;
     # beside an xdist worker on 2 cores it ran 2-3x slower than alone, so it runs by itself.
     c.run(f"{sys.executable} -m pytest tests/browser -q -m browser", env=env, pty=False)

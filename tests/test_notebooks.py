@@ -335,3 +335,18 @@ def test_every_number_the_prose_states_is_computed_or_published(book):
 
 def test_published_constants_name_existing_notebooks():
     assert set(published_constants()) <= {b.stem for b in BOOKS}
+
+
+def test_every_quick_notebook_ran_within_its_budget_when_last_refreshed():
+    """`invoke refresh` records each notebook's quick-profile time (tasks.TIMINGS); a notebook
+    whose last refresh on a 2-core machine took longer than tasks.QUICK_BUDGET_S fails here, so
+    a slower quick profile cannot land unnoticed."""
+    import tasks
+
+    timings = json.loads(tasks.TIMINGS.read_text())
+    missing = [b.stem for b in BOOKS if b.stem not in timings]
+    assert not missing, f"no refresh time recorded for {missing}: run `invoke refresh`"
+    over = {name: t["seconds"] for name, t in timings.items() if t["seconds"] > tasks.QUICK_BUDGET_S}
+    assert not over, f"quick profile over {tasks.QUICK_BUDGET_S} s on 2 cores: {over} (slowest cells in {tasks.TIMINGS.name})"
+    assert all(t["cpus"] <= 2 for t in timings.values()), (
+        f"timings must be measured on a 2-core machine (the budget's): {timings}")

@@ -679,17 +679,19 @@ def _p(p: float) -> str:
 
 
 def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horizon: pd.DataFrame,
-               settings, verdicts: pd.DataFrame, noise: dict) -> str:
+               settings, verdicts: pd.DataFrame | None = None, noise: dict | None = None) -> str:
     """Notebook 05's conclusion as Markdown from the quantities that are deterministic given the
     seeds (losses, steps, censoring, prediction errors, best LRs): the speedup ``table`` and
     ``target`` (``summarize``), the LR sweep (``protocol["lr_table"]``), the cumulative-error
     table of the horizon study (``horizon_table``), the A/A ``noise`` (``aa_noise``) and the
-    paired ``verdicts`` read against it (``comparisons``). The wall-clock reading is
-    ``timing_summary``."""
+    paired ``verdicts`` read against it (``comparisons``); without them (both None) the
+    differences are listed without verdicts. The wall-clock reading is ``timing_summary``."""
+    if (verdicts is None) != (noise is None):
+        raise ValueError("verdicts and noise go together: pass both (comparisons, aa_noise) or neither")
     s = settings if isinstance(settings, Mapping) else vars(settings)
     rows = table.set_index("arm")
     plain = rows.loc["plain"]
-    decided = {(r.arm, r.baseline): r for r in verdicts.itertuples()}
+    decided = {} if verdicts is None else {(r.arm, r.baseline): r for r in verdicts.itertuples()}
 
     def reading(arm, baseline):
         r = decided.get((arm, baseline))
@@ -703,6 +705,37 @@ def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horiz
     lines.append(f"- **Tuned baselines.** Best peak LR per arm (lowest mean final loss over seeds): {best_bits}"
                  + (f"; at the edge of the grid for {', '.join(at_edge)}, so those optima may lie outside it."
                     if at_edge else "; every optimum is inside the grid."))
+    if noise is not None:
+        lines += _verdict_lines(verdicts, noise)
+    lines.append(f"- **Target** {target:.3f} nats/token (plain's worst final loss over seeds at its best LR, +1%); "
+                 f"plain reaches it at a median step of {_fmt(plain['steps_to_target'], 1)} "
+                 "(steps interpolated between evaluations).")
+    for arm, r in rows.iterrows():
+        if arm == "plain":
+            continue
+        lines.append(
+            f"  - `{arm}`: final {r['final_val_loss']:.3f} ± {_fmt(r['final_ci'], 3)}; paired vs plain "
+            f"{r['delta_vs_plain']:+.3f} ± {_fmt(r['delta_vs_plain_ci'], 3)}{reading(arm, 'plain')}, vs the compute-matched control "
+            f"{r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}"
+            f"{reading(arm, 'plain_matched')}; {int(r['real_steps'])} real steps; "
+            f"target reached in {int(r['seeds_reaching_target'])} of {int(r['seeds'])} seeds "
+            f"({int(r['censored'])} censored), median step {_fmt(r['steps_to_target'], 1)}, median step speedup "
+            f"{_speedup(r['steps_to_target'], r['speedup_steps'])}.")
+    k = int(horizon.index.max())
+    err = horizon.loc[k]
+    order = ", ".join(f"{name} {err[name]:.2f}" for name in err.sort_values().index)
+    lines.append(f"- **How predictable are the updates?** Relative error of the summed forecast over {k} steps "
+                 f"(1 = the null predictor): {order}. The in-family oracle (the best two coefficients per tensor "
+                 f"in hindsight) bounds every `a u + b m` predictor: none of them can get below "
+                 f"{err.get('oracle', float('nan')):.2f} at this horizon.")
+    lines.append("- **Caveats.** One synthetic corpus, small models, short runs; the wall-clock reading below "
+                 "depends on the machine and its load.")
+    return "\n".join(lines)
+
+
+def _verdict_lines(verdicts: pd.DataFrame, noise: dict) -> list[str]:
+    """The noise, its minimum detectable effect and the verdicts, as conclusion bullets."""
+    lines = []
     level, power = 1 - noise["confidence"], noise["power"]
     if noise["source"] == "paired":
         lrs = " and ".join(f"{v:g}" for v in noise["neighbour_lrs"])
@@ -726,30 +759,7 @@ def conclusion(table: pd.DataFrame, target: float, lr_table: pd.DataFrame, horiz
     why = ", ".join(f"{int(k)} {v.removeprefix('cannot decide (').rstrip(')')}" for v, k in undecided.items())
     lines.append(f"- **Verdicts.** Decided: {'; '.join(called) or 'none'}. Cannot decide: "
                  f"{int(undecided.sum())} of {len(verdicts)}{f' ({why})' if why else ''}.")
-    lines.append(f"- **Target** {target:.3f} nats/token (plain's worst final loss over seeds at its best LR, +1%); "
-                 f"plain reaches it at a median step of {_fmt(plain['steps_to_target'], 1)} "
-                 "(steps interpolated between evaluations).")
-    for arm, r in rows.iterrows():
-        if arm == "plain":
-            continue
-        lines.append(
-            f"  - `{arm}`: final {r['final_val_loss']:.3f} ± {_fmt(r['final_ci'], 3)}; paired vs plain "
-            f"{r['delta_vs_plain']:+.3f} ± {_fmt(r['delta_vs_plain_ci'], 3)}{reading(arm, 'plain')}, vs the "
-            f"compute-matched control {r['delta_vs_matched']:+.3f} ± {_fmt(r['delta_vs_matched_ci'], 3)}"
-            f"{reading(arm, 'plain_matched')}; {int(r['real_steps'])} real steps; "
-            f"target reached in {int(r['seeds_reaching_target'])} of {int(r['seeds'])} seeds "
-            f"({int(r['censored'])} censored), median step {_fmt(r['steps_to_target'], 1)}, median step speedup "
-            f"{_speedup(r['steps_to_target'], r['speedup_steps'])}.")
-    k = int(horizon.index.max())
-    err = horizon.loc[k]
-    order = ", ".join(f"{name} {err[name]:.2f}" for name in err.sort_values().index)
-    lines.append(f"- **How predictable are the updates?** Relative error of the summed forecast over {k} steps "
-                 f"(1 = the null predictor): {order}. The in-family oracle (the best two coefficients per tensor "
-                 f"in hindsight) bounds every `a u + b m` predictor: none of them can get below "
-                 f"{err.get('oracle', float('nan')):.2f} at this horizon.")
-    lines.append("- **Caveats.** One synthetic corpus, small models, short runs; the wall-clock reading below "
-                 "depends on the machine and its load.")
-    return "\n".join(lines)
+    return lines
 
 
 def timing_summary(table: pd.DataFrame, costs: pd.DataFrame, speedup_goal: float = 1.3) -> str:

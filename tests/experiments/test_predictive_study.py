@@ -251,6 +251,16 @@ def test_conclusion_timing_and_explorer_render_from_the_results(monkeypatch):
                       comparisons(protocol, noise), noise)
     assert f"{target:.3f} nats/token" in text and "fast 0.002" in text and "edge of the grid for fast" in text
     assert "oracle 0.50" in text.replace("linear 0.70, ", "") and "bounds every" in text
+    # Without verdicts (a notebook whose committed outputs predate them) the same differences,
+    # with no verdict and no noise line.
+    plain_text = conclusion(table, target, lr_table, horizon,
+                            dict(profile="quick", steps=10, seeds=(0, 1), lrs=(1e-3, 2e-3)))
+    assert "Verdicts" not in plain_text and "Holm-adjusted p" not in plain_text
+    assert [line for line in text.splitlines() if line.startswith("- **Target**")] == \
+        [line for line in plain_text.splitlines() if line.startswith("- **Target**")]
+    with pytest.raises(ValueError, match="verdicts and noise"):
+        conclusion(table, target, lr_table, horizon, dict(profile="quick", steps=10, seeds=(0, 1), lrs=(1e-3,)),
+                   noise=noise)
     costs = pd.DataFrame({"arm": ["plain", "fast"], "real_step_s": [1.0, 1.0], "predicted_step_s": [float("nan"), 0.1],
                           "real_over_plain": [1.0, 1.1], "predicted_over_plain": [float("nan"), 0.1]})
     timing = timing_summary(table, costs)
