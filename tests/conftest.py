@@ -42,25 +42,6 @@ def reference_data(request) -> Path:
     pytest.skip(message)
 
 
-# The full-profile smoke runs, longest first (seconds each on 2 idle cores: 04 292, 05 182,
-# 02 144, 03 103, 01 99). Collected first, and handed out one at a time (`invoke test` passes
-# xdist `--maxschedchunk 1`), they start at once and the short unit tests fill in around them
-# instead of one long run finishing alone at the end.
-SMOKE_ORDER = ("04_moe_lr_study", "05_predictive_trainer", "02_encoding_diagnostics", "03_scaling_sweeps",
-               "01_schedules")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        if item.get_closest_marker("full_profile") is None:
-            return len(SMOKE_ORDER) + 1
-        book = getattr(item, "callspec", None) and item.callspec.params.get("book")
-        stem = getattr(book, "stem", None)
-        return SMOKE_ORDER.index(stem) if stem in SMOKE_ORDER else len(SMOKE_ORDER)
-
-    items.sort(key=rank)  # stable: every other test keeps its collected order
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     # Under xdist each worker records its own skips; the controller sees them as skip reports.
     names = list(_missing)

@@ -5,8 +5,8 @@ and the cost table of every notebook's full profile (`invoke run --profile full 
 The notebooks run against a throw-away workbench root ($WORKBENCH_ROOT): figures and stores land
 there, never over the committed figures/ or a real full run's store in data/. That root links
 to the real code, benchmarks and tokenizer caches, and `shared/` beside it to the real one.
-The smoke runs (marker `full_profile`) are part of `invoke test` (`--fast` leaves them out);
-tests/conftest.py starts them first, longest first, so they overlap the quick unit tests.
+The smoke runs (marker `full_profile`) are part of `invoke test` (`--fast` leaves them out),
+which runs them one at a time after the other unit tests.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from lib.scaling import CostEstimate, PlannedRun
 
 ROOT = Path(tasks.ROOT)
 BOOKS = tasks._notebooks(None)
-# Seconds per notebook: each takes 1.5 to 5 minutes on 2 idle cores, and under `invoke test`
-# two run at once beside the unit tests; a loaded machine may need more ($WORKBENCH_SMOKE_TIMEOUT).
+# Seconds per notebook: each takes 1.5 to 5 minutes on 2 idle cores; a loaded machine may need
+# more ($WORKBENCH_SMOKE_TIMEOUT).
 SMOKE_TIMEOUT = int(os.environ.get("WORKBENCH_SMOKE_TIMEOUT", 1200))
 # Left out of the throw-away root: outputs (made fresh there) and the repository's own state.
 NOT_LINKED = {"figures", "data", "build", ".git"}
