@@ -71,14 +71,18 @@ FULL = dict(
 SMOKE = dict(max_steps=2, check_every=1, n_check=8, n_eval=4, lm_steps=2, lm_windows=2, lm_tokens=20_000)
 
 REFERENCE = "rope"  # the encoding every other one is compared against
+# The RoPE base the suite trains with (``lib.encodings.RoPE``'s default); Llama 3's scaling
+# defaults to its own 500,000, so the eval-time variant names the trained one.
+ROPE_BASE = 10_000.0
 
 
 def suite_variants(extra: bool = False) -> dict:
     """The encodings the suite trains and evaluates: label -> ``{"encoding", "encoding_kwargs",
     "eval_encoding"}``. RoPE weights are also evaluated, without retraining, under YaRN and
     LongRoPE whose factor follows the evaluation length. ``extra`` (full profile) adds the
-    original additive spiral, the hybrid, sinusoidal, partial RoPE, the attractor and dynamic NTK
-    at evaluation."""
+    original additive spiral, the hybrid, sinusoidal, partial RoPE, the attractor, and the other
+    context extensions of RoPE weights at evaluation: dynamic NTK, position interpolation (PI),
+    static NTK-aware scaling and Llama 3's (at the RoPE base the weights were trained with)."""
     variants = {
         "rope": {"encoding": "rope"},
         "rope + yarn@eval": {"encoding": "rope", "eval_encoding": ("yarn", {"factor": "auto"})},
@@ -92,6 +96,10 @@ def suite_variants(extra: bool = False) -> dict:
     if extra:
         variants |= {
             "rope + dynamicNTK@eval": {"encoding": "rope", "eval_encoding": ("rope_dynamic", {"factor": 2.0})},
+            "rope + PI@eval": {"encoding": "rope", "eval_encoding": ("rope_linear", {"factor": "auto"})},
+            "rope + NTK@eval": {"encoding": "rope", "eval_encoding": ("rope_ntk", {"factor": "auto"})},
+            "rope + llama3@eval": {"encoding": "rope",
+                                   "eval_encoding": ("llama3", {"factor": "auto", "base": ROPE_BASE})},
             "pi_spiral (original)": {"encoding": "pi_spiral"},
             "pi_spiral_hybrid": {"encoding": "pi_spiral_hybrid"},
             "sinusoidal": {"encoding": "sinusoidal"},

@@ -205,3 +205,34 @@ def test_training_table_counts_seeds_that_never_reach_the_criterion_as_censored(
     text = E.suite_conclusion(E.accuracy_table(ex), E.compare_to_reference(ex),
                               E.training_table(training[training["label"] == "a"], 300), None, 32)
     assert "a not reached" in text and "a (1/3)" in text
+
+
+def test_every_eval_time_extension_of_rope_weights_resolves_its_factor_and_keeps_the_trained_base():
+    """The full suite's context extensions applied to RoPE-trained weights at evaluation (PI,
+    NTK, dynamic NTK, YaRN, LongRoPE, Llama 3): each clone keeps the weights, resolves "auto" to
+    length / train_len, rotates with the encoding built directly at that factor (whose
+    frequencies tests/encodings checks against transformers), and Llama 3 keeps base 10,000."""
+    from lib.encodings import build_encoding
+    from lib.models import Transformer
+
+    train_len, length = 16, 64
+    model = Transformer(E._model_config("rope", None, train_len, d_model=32, n_layers=1, n_heads=2,
+                                        vocab_size=32)).eval()
+    extensions = {label: v["eval_encoding"] for label, v in E.suite_variants(True).items() if "eval_encoding" in v}
+    assert {"rope_linear", "rope_ntk", "rope_dynamic", "yarn", "longrope", "llama3"} <= {e[0] for e in extensions.values()}
+    tokens = torch.randint(0, 32, (1, length))
+    for label, (name, kwargs) in extensions.items():
+        clone = E._eval_model(model, (name, kwargs), length, train_len)
+        assert clone.config.encoding == name, label
+        factor = clone.config.encoding_kwargs["factor"]
+        assert factor == (length / train_len if kwargs["factor"] == "auto" else kwargs["factor"]), label
+        direct = build_encoding(name, d_model=32, n_heads=2, head_dim=16, max_seq_len=train_len,
+                                **clone.config.encoding_kwargs)
+        torch.testing.assert_close(clone.encoding.inverse_frequencies(), direct.inverse_frequencies(),
+                                   rtol=0, atol=0, msg=label)
+        for p, q in zip(model.parameters(), clone.parameters()):
+            assert torch.equal(p, q), label
+        with torch.no_grad():
+            out = clone(tokens)
+        assert torch.isfinite(getattr(out, "logits", out)).all(), label
+    assert extensions["rope + llama3@eval"][1]["base"] == 10_000.0
