@@ -2,6 +2,8 @@
 
 import json
 
+import re
+
 import pytest
 from invoke import Exit
 
@@ -100,8 +102,10 @@ def test_execute_runs_notebooks_in_batch_mode(tmp_path, monkeypatch):
 
 
 def test_headless_runs_pin_the_cpu_kernels_so_outputs_match_across_machines():
-    """papermill and nbval (not the unit tests) run with every CPU library on its AVX2 path: on an AVX-512 machine the
-    default kernels printed different last digits than the machine the outputs were made on."""
+    """papermill and nbval (not the unit tests) run every CPU library on a kernel path that is the same on AMD and
+    Intel CPUs: ATen on AVX2, MKL in its COMPATIBLE reproducibility branch (its AVX2 branch falls back to AUTO on an
+    AMD EPYC, and an Intel Xeon then computed other bits), NumPy on its AVX2 loops. Each library is asked what it
+    runs, so a pin that a library ignores fails here."""
     import os
     import platform
     import subprocess
@@ -120,3 +124,11 @@ def test_headless_runs_pin_the_cpu_kernels_so_outputs_match_across_machines():
     again = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert pinned.stdout.split()[0] == "AVX2"
     assert pinned.stdout == again.stdout
+    # MKL logs the branch it actually runs with every call.
+    mkl = subprocess.run([sys.executable, "-c", "import torch; a = torch.ones(64, 64); print((a @ a).sum().item())"],
+                         env=dict(env, MKL_VERBOSE="1"), capture_output=True, text=True, check=True)
+    branches = set(re.findall(r"CNR:(\S+)", mkl.stdout + mkl.stderr))
+    assert branches == {"COMPATIBLE"}, branches
+    simd = subprocess.run([sys.executable, "-c", "import numpy._core._multiarray_umath as m; print(sorted(k for k, v in "
+                           "m.__cpu_features__.items() if v))"], env=env, capture_output=True, text=True, check=True)
+    assert "'X86_V4'" not in simd.stdout and "'AVX512_SPR'" not in simd.stdout, simd.stdout
