@@ -1,7 +1,6 @@
 """tasks.py: notebook selection, failure reporting, the results table."""
 
 import json
-
 import re
 
 import pytest

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -98,6 +98,42 @@ def keyed_rng(*words: int) -> np.random.Generator:
     """A PCG64 generator keyed by integers (seed, stream, split, ...): bit-stable across
     platforms and numpy versions, and independent streams for different keys."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))
+
+
+def _start_process(threads: int | None, initializer: Callable | None, initargs: tuple) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def process_map(fn: Callable, items: Iterable[tuple], workers: int = 1, threads: int | None = None,
+                initializer: Callable | None = None, initargs: tuple = ()) -> list:
+    """``[fn(*item) for item in items]``, in order, in ``workers`` spawned processes when more
+    than one: how independent small CPU jobs (training runs of tiny models) use every core.
+
+    Each process first sets torch's intra-op threads to ``threads`` (None: torch's default) and
+    calls ``initializer(*initargs)``; ``fn``, the items and the results travel by pickle, so
+    ``fn`` must be a module-level function (or a ``functools.partial`` of one). With
+    ``workers=1`` the jobs run here, and neither ``threads`` nor ``initializer`` is applied.
+    """
+    from lib.core.checks import check_int
+
+    workers = check_int("workers", workers, 1)
+    if threads is not None:
+        threads = check_int("threads", threads, 1)
+    items = [tuple(item) for item in items]
+    if workers == 1 or len(items) <= 1:
+        return [fn(*item) for item in items]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit this process's torch threads and locks.
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_process, initargs=(threads, initializer, initargs)) as pool:
+        return list(pool.map(fn, *zip(*items)))
 
 
 def autocast(device) -> contextlib.AbstractContextManager:

@@ -147,7 +147,7 @@ def decide_difference(mean_diff: float, p_adjusted: float, mde: float, alpha: fl
     "lower" / "higher" (a against b) only when ``p_adjusted <= alpha`` *and* ``|mean_diff|`` is
     at least the minimum detectable effect ``mde`` (``min_detectable_effect`` from the A/A
     noise); otherwise "cannot decide (difference below the detectable effect)" when
-    ``|mean_diff| < mde`` (or ``mde`` is NaN: nothing is detectable), else "cannot decide (not
+    ``|mean_diff| < mde`` (or ``mde`` is NaN: nothing is detectable; or the difference is 0), else "cannot decide (not
     significant after Holm)". Both gates, because over a few seeds a paired test can reject on a
     spread that happens to be small: a difference the A/A noise could produce is not a finding.
     """
@@ -158,7 +158,7 @@ def decide_difference(mean_diff: float, p_adjusted: float, mde: float, alpha: fl
         raise ValueError(f"p_adjusted must lie in [0, 1] or be NaN, got {p_adjusted}")
     if mde < 0 or math.isinf(mde):
         raise ValueError(f"mde must be a finite number >= 0 or NaN, got {mde}")
-    detectable = math.isfinite(mde) and abs(mean_diff) >= mde
+    detectable = math.isfinite(mde) and mean_diff != 0 and abs(mean_diff) >= mde  # 0: the seeds agree
     if detectable and math.isfinite(p_adjusted) and p_adjusted <= alpha:
         return "lower" if mean_diff < 0 else "higher"
     if not detectable:

@@ -20,6 +20,7 @@ import json
 import math
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -30,11 +31,13 @@ from lib.core import (
     check_fraction,
     check_int,
     check_int_array,
+    decide_difference,
     holm,
     in_batch,
     median_censored,
     min_detectable_effect,
     paired_difference,
+    process_map,
     seed_everything,
     wilson_interval,
 )
@@ -56,7 +59,7 @@ QUICK = dict(
     depths=(0.0, 0.5, 1.0), d_model=48, n_layers=2, lr=6e-3, batch_size=32,
     tasks={"niah": {"value_len": 1}, "vt": {"n_hops": 2}}, max_steps=300, check_every=25, target_accuracy=0.9,
     n_check=64, extra_variants=False, lm_steps=400, lm_lr=3e-3, lm_seeds=(0,), lm_batch_size=16, lm_windows=32,
-    lm_tokens=200_000, cost_lens=(128, 512, 1024),
+    lm_tokens=200_000, cost_lens=(128, 512, 1024), workers=2, threads=1,
 )
 FULL = dict(
     train_len=64, seeds=(0, 1, 2, 3, 4), n_eval=256, depths=(0.0, 0.25, 0.5, 0.75, 1.0), d_model=128, lr=3e-3,
@@ -64,7 +67,7 @@ FULL = dict(
            "vt": {"n_hops": 3}},
     max_steps=3000, check_every=50, target_accuracy=0.95, n_check=256, extra_variants=True,
     lm_steps=2000, lm_seeds=(0, 1, 2), lm_batch_size=32, lm_windows=256, lm_tokens=2_000_000,
-    cost_lens=(256, 1024, 4096),
+    cost_lens=(256, 1024, 4096), workers=1, threads=None,
 )
 # smoke: the full profile's shapes, tasks, encodings, seeds and code paths with a few steps and
 # few evaluation samples, so the whole notebook runs end to end on a CPU in about a minute.
@@ -229,40 +232,63 @@ def evaluate_extrapolation(model, task: str, train_len: int, eval_lens, seed: in
     return by_length, heatmap
 
 
+def _train_for_sweep(encoding: str, encoding_kwargs: dict | None, seed: int, **kwargs):
+    """One training run of ``extrapolation_sweep`` (a ``process_map`` job): the trained model and
+    its seconds, steps used and whether it reached the criterion."""
+    start = time.perf_counter()
+    result = train_on_task(encoding, seed=seed, encoding_kwargs=encoding_kwargs, **kwargs)
+    return result.model.eval(), time.perf_counter() - start, result.final["steps"], result.final["reached"]
+
+
+def _training_key(spec: dict, seed: int) -> tuple:
+    return spec["encoding"], json.dumps(spec.get("encoding_kwargs", {}), sort_keys=True), seed
+
+
+def _distinct_trainings(variants: dict, seeds) -> dict:
+    """``_training_key`` -> (the first label that trains it, its spec): variants sharing an
+    encoding and its kwargs share their trained models (e.g. RoPE evaluated plainly and with YaRN)."""
+    keys = {}
+    for label, spec in variants.items():
+        for seed in seeds:
+            keys.setdefault(_training_key(spec, seed), (label, spec))
+    return keys
+
+
 def extrapolation_sweep(variants: dict, task: str, train_len: int, eval_lens, steps: int, seeds=(0, 1, 2), *,
                         task_kwargs: dict | None = None, n_eval: int = 64, depths=None, heatmap_lens=None,
                         heatmap_labels=None, progress: bool = False, target_accuracy: float | None = None,
-                        check_every: int = 25, n_check: int = 64, **train_kwargs) -> dict:
+                        check_every: int = 25, n_check: int = 64, workers: int = 1, threads: int | None = None,
+                        **train_kwargs) -> dict:
     """Train every distinct training encoding once per seed, evaluate every variant.
 
     ``variants``: label -> ``{"encoding": name, "encoding_kwargs": {...}, "eval_encoding": None |
     (name, kwargs)}``. Variants sharing (encoding, encoding_kwargs) share their trained models (e.g.
     RoPE evaluated plainly and with YaRN). ``steps`` is each run's length, or with
-    ``target_accuracy`` its cap (see ``train_on_task``). The depth grid (``depths``) is computed
-    for ``heatmap_labels`` (default: every variant). Returns ``{"by_length": DataFrame(label,
-    seed, length, ratio, token_accuracy, exact_match, n), "examples": DataFrame(label, seed,
-    length, example, exact), "heatmap": DataFrame | None, "models": {(label, seed): model},
-    "train_seconds": DataFrame(label, seed, seconds, steps, reached)}``.
+    ``target_accuracy`` its cap (see ``train_on_task``). The runs train in ``workers`` processes
+    on ``threads`` torch threads each (``lib.core.process_map``); evaluation runs here. The depth
+    grid (``depths``) is computed for ``heatmap_labels`` (default: every variant). Returns
+    ``{"by_length": DataFrame(label, seed, length, ratio, token_accuracy, exact_match, n),
+    "examples": DataFrame(label, seed, length, example, exact), "heatmap": DataFrame | None,
+    "models": {(label, seed): model}, "train_seconds": DataFrame(label, seed, seconds, steps, reached)}``.
     """
     for label, spec in variants.items():
         unknown = set(spec) - {"encoding", "encoding_kwargs", "eval_encoding"}
         if "encoding" not in spec or unknown:
             raise ValueError(f"variant {label!r} needs 'encoding' (and optionally encoding_kwargs, eval_encoding); "
                              f"unknown keys: {sorted(unknown)}")
-    trained, by_length, heat, examples, models, timing = {}, [], [], [], {}, []
+    keys = _distinct_trainings(variants, seeds)
+    job = partial(_train_for_sweep, task=task, train_len=train_len, steps=steps, task_kwargs=task_kwargs,
+                  target_accuracy=target_accuracy, check_every=check_every, n_check=n_check, progress=progress,
+                  **train_kwargs)
+    done = process_map(job, [(spec["encoding"], spec.get("encoding_kwargs"), key[2]) for key, (_, spec) in keys.items()],
+                       workers, threads)
+    trained = {key: model for key, (model, *_) in zip(keys, done)}
+    timing = [{"label": label, "seed": key[2], "seconds": seconds, "steps": used, "reached": reached}
+              for (key, (label, _)), (_, seconds, used, reached) in zip(keys.items(), done)]
+    by_length, heat, examples, models = [], [], [], {}
     for label, spec in variants.items():
         for seed in seeds:
-            key = (spec["encoding"], json.dumps(spec.get("encoding_kwargs", {}), sort_keys=True), seed)
-            if key not in trained:
-                start = time.perf_counter()
-                result = train_on_task(spec["encoding"], task, train_len, steps, seed,
-                                       encoding_kwargs=spec.get("encoding_kwargs"), task_kwargs=task_kwargs,
-                                       target_accuracy=target_accuracy, check_every=check_every, n_check=n_check,
-                                       progress=progress, **train_kwargs)
-                trained[key] = result.model.eval()
-                timing.append({"label": label, "seed": seed, "seconds": time.perf_counter() - start,
-                               "steps": result.final["steps"], "reached": result.final["reached"]})
-            model = trained[key]
+            model = trained[_training_key(spec, seed)]
             frame, grid, ex = evaluate_extrapolation(
                 model, task, train_len, eval_lens, seed, eval_encoding=spec.get("eval_encoding"), n_eval=n_eval,
                 depths=depths if heatmap_labels is None or label in heatmap_labels else None,
@@ -335,8 +361,10 @@ def compare_to_reference(examples: pd.DataFrame, reference: str = REFERENCE, alp
     (``lib.core.paired_difference``; identical answers give p = 1), the Holm-adjusted p over the
     whole family (every comparison of the suite, ``lib.core.holm``), the minimum detectable
     effect at 80% power from the spread of the paired differences
-    (``lib.core.min_detectable_effect``), and ``decision``: "better" / "worse" when the adjusted
-    p is at most ``alpha``, else "cannot decide"."""
+    (``lib.core.min_detectable_effect``), and ``decision`` (``lib.core.decide_difference``):
+    "better" / "worse" when the adjusted p is at most ``alpha`` and the difference is at least the
+    detectable effect, else "cannot decide (difference below the detectable effect)" or "cannot
+    decide (not significant after Holm)"."""
     alpha = check_fraction("alpha", alpha)
     if reference not in set(examples["label"]):
         raise ValueError(f"reference {reference!r} is not a label of the examples; labels: "
@@ -359,13 +387,11 @@ def compare_to_reference(examples: pd.DataFrame, reference: str = REFERENCE, alp
     if out.empty:
         return out
     out["p_holm"] = holm(out["p"].to_numpy())
-    out["decision"] = np.where(out["p_holm"] > alpha, "cannot decide", np.where(out["diff"] > 0, "better", "worse"))
+    # Higher exact match is better: decide on the reference minus the label, a loss-like difference.
+    words = {"lower": "better", "higher": "worse"}
+    out["decision"] = [words.get(v, v) for v in (decide_difference(-r.diff, r.p_holm, r.mde, alpha)
+                                                 for r in out.itertuples())]
     return out
-
-
-def _beyond_mde(row) -> bool:
-    """A difference at least the detectable effect (a zero difference never is: its seeds agree)."""
-    return row["diff"] != 0 and abs(row["diff"]) >= row["mde"]
 
 
 def training_table(training: pd.DataFrame, cap: int) -> pd.DataFrame:
@@ -449,32 +475,41 @@ def position_buckets(train_len: int, ratio: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def _train_lm(encoding: str, encoding_kwargs: dict | None, seed: int, *, data, train_len: int, steps: int,
+              d_model: int, n_layers: int, n_heads: int, batch_size: int, lr: float, device, progress: bool):
+    """One language model of ``perplexity_by_position`` (a ``process_map`` job)."""
+    seed_everything(seed)
+    config = _model_config(encoding, encoding_kwargs, train_len, d_model=d_model, n_layers=n_layers,
+                           n_heads=n_heads, vocab_size=data.vocab_size)
+    tc = TrainConfig(steps=steps, batch_size=batch_size, seq_len=train_len, lr=lr, seed=seed, device=device,
+                     eval_every=0, eval_batches=1, progress=progress, desc=f"lm/{encoding}/{seed}")
+    return train(Transformer(config), data, tc).model.eval()
+
+
 def perplexity_by_position(variants: dict, train_len: int, ratio: int, steps: int, seeds=(0,), *,
                            n_windows: int = 32, batch_size: int = 16, n_tokens: int = 200_000, d_model: int = 48,
                            n_layers: int = 2, n_heads: int = 4, lr: float = 3e-3, device=None,
-                           progress: bool = False) -> pd.DataFrame:
+                           progress: bool = False, workers: int = 1, threads: int | None = None) -> pd.DataFrame:
     """Language models on the synthetic corpus (``lib.data.synthetic_corpus``, vocab 256), one
     per distinct training encoding of ``variants`` and seed, trained at ``train_len`` for
-    ``steps``, then scored on validation windows of ``ratio * train_len`` tokens. Returns one
-    row per (label, seed, bucket of ``position_buckets``): ``loss`` (mean nats/token over the
-    bucket's positions) and ``perplexity``."""
+    ``steps`` (in ``workers`` processes on ``threads`` torch threads each, ``lib.core.process_map``),
+    then scored here on validation windows of ``ratio * train_len`` tokens. Returns one row per
+    (label, seed, bucket of ``position_buckets``): ``loss`` (mean nats/token over the bucket's
+    positions) and ``perplexity``."""
     ratio = check_int("ratio", ratio, 1)
     data = _lm_corpus(check_int("n_tokens", n_tokens, 1000))
-    trained, rows = {}, []
+    keys = _distinct_trainings(variants, seeds)
+    jobs = [(spec["encoding"], spec.get("encoding_kwargs"), key[2]) for key, (_, spec) in keys.items()]
+    models = process_map(partial(_train_lm, data=data, train_len=train_len, steps=steps, d_model=d_model,
+                                 n_layers=n_layers, n_heads=n_heads, batch_size=batch_size, lr=lr, device=device,
+                                 progress=progress), jobs, workers, threads)
+    trained = dict(zip(keys, models))
+    rows = []
     buckets = position_buckets(train_len, ratio)
     for label, spec in variants.items():
         for seed in seeds:
-            key = (spec["encoding"], json.dumps(spec.get("encoding_kwargs", {}), sort_keys=True), seed)
-            if key not in trained:
-                seed_everything(seed)
-                config = _model_config(spec["encoding"], spec.get("encoding_kwargs"), train_len, d_model=d_model,
-                                       n_layers=n_layers, n_heads=n_heads, vocab_size=data.vocab_size)
-                tc = TrainConfig(steps=steps, batch_size=batch_size, seq_len=train_len, lr=lr, seed=seed,
-                                 device=device, eval_every=0, eval_batches=1, progress=progress,
-                                 desc=f"lm/{label}/{seed}")
-                trained[key] = train(Transformer(config), data, tc).model.eval()
-            per_pos = loss_by_position(trained[key], data, ratio * train_len, n_windows, batch_size,
-                                       spec.get("eval_encoding"), train_len)
+            per_pos = loss_by_position(trained[_training_key(spec, seed)], data, ratio * train_len, n_windows,
+                                       batch_size, spec.get("eval_encoding"), train_len)
             for lo, hi in buckets:
                 loss = float(per_pos[lo:hi].mean())
                 rows.append({"label": label, "seed": seed, "bucket": f"{lo}-{hi}", "lo": lo, "hi": hi,
@@ -510,12 +545,12 @@ def suite_conclusion(accuracy: pd.DataFrame, comparisons: pd.DataFrame, training
         better = [f"{r['label']} ({_fmt_diff(r)})" for _, r in cmp.iterrows() if r["decision"] == "better"]
         worse = [f"{r['label']} ({_fmt_diff(r)})" for _, r in cmp.iterrows() if r["decision"] == "worse"]
         undecided = [f"{r['label']} ({r['diff']:+.2f}, detectable {r['mde']:.2f})" for _, r in cmp.iterrows()
-                     if r["decision"] == "cannot decide" and not _beyond_mde(r)]
+                     if r["decision"] == "cannot decide (difference below the detectable effect)"]
         unconfirmed = [f"{r['label']} ({r['diff']:+.2f}, detectable {r['mde']:.2f})" for _, r in cmp.iterrows()
-                       if r["decision"] == "cannot decide" and _beyond_mde(r)]
+                       if r["decision"] == "cannot decide (not significant after Holm)"]
         if better:
             lines.append(f"  At {ratio}x, better than {reference} (difference in exact match, 95% CI; Holm "
-                         f"p <= 0.05): " + "; ".join(better) + ".")
+                         f"p <= 0.05 and at least the detectable effect): " + "; ".join(better) + ".")
         if worse:
             lines.append(f"  At {ratio}x, worse than {reference}: " + "; ".join(worse) + ".")
         if undecided:

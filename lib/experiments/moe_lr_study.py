@@ -38,17 +38,11 @@ tests). ``compare`` runs one family of paired comparisons, Holm-adjusts its p-va
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
 import math
-import subprocess
-import sys
-import tempfile
-import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +55,7 @@ from lib.core import (
     check_int,
     check_number,
     check_positive,
+    decide_difference,
     holm,
     in_batch,
     min_detectable_effect,
@@ -87,7 +82,7 @@ __all__ = [
     "INT_KEYS", "ARMS", "BALANCE", "REFERENCE", "CLAIM",
     "study_config", "grid", "lr_grid", "aa_configs", "dense_equivalent", "arm_config", "arm_lr_grid",
     "label_arms", "label_balance", "balance_configs", "factorial_configs", "planned_configs", "planned_runs",
-    "model_config", "build_model", "run_config", "run_study", "main",
+    "model_config", "build_model", "run_config", "run_study",
     "summarize", "paired_difference", "verdict", "noise_floor", "best", "edge_lrs",
     "detectable_effect", "decide", "compare", "best_lrs", "warmup_floor_table",
     "routing_trajectories", "conclusion", "lr_sweep",
@@ -389,8 +384,8 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
     Done runs are skipped, so calling again resumes; a run that is still not done afterwards
     (it failed, or another process holds it) raises ``lib.training.IncompleteSweep`` naming it,
     so no comparison is drawn from a sweep with runs missing. ``workers > 1`` starts that many
-    processes (spawn) that claim runs from the same SQLite store; each run is single-threaded
-    by default (``threads``), which is how small models use a multi-core CPU best.
+    processes that claim runs from the same SQLite store (``lib.training.run_sweep``); each run
+    is single-threaded by default (``threads``), which is how small models use a multi-core CPU best.
     ``executor="ray"`` runs each config as a Ray task on the cluster at ``ray_address``
     instead (``lib.training.run_sweep``; ``workers`` is then unused).
     """
@@ -402,19 +397,8 @@ def run_study(store, sweep: str, configs: Sequence[dict[str, Any]], workers: int
     configs = [study_config(**c) for c in configs]
     if executor == "ray":
         run_sweep(store, sweep, configs, run_config, progress=progress, executor="ray", ray_address=ray_address)
-    elif workers > 1:
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(configs, f)
-        cmd = [sys.executable, "-c", "from lib.experiments.moe_lr_study import main; main()",
-               str(store.path), sweep, f.name]
-        procs = [subprocess.Popen(cmd) for _ in range(workers)]
-        failed = [p.wait() for p in procs]
-        Path(f.name).unlink(missing_ok=True)
-        if any(failed):
-            warnings.warn(f"sweep workers exited with codes {failed}; their unfinished runs run here",
-                          RuntimeWarning, stacklevel=2)
-    # Single process, or a sweep-up of anything a worker (or a Ray task) left failed.
-    run_sweep(store, sweep, configs, run_config, progress=progress)
+    # Local (in ``workers`` processes, then here), or a sweep-up of anything a Ray task left failed.
+    run_sweep(store, sweep, configs, run_config, progress=progress, workers=workers if executor == "local" else 1)
     if not configs:
         return store.frame(sweep).iloc[0:0]
     # A run that failed twice, or is still busy elsewhere, must stop the analysis, not vanish from it.
@@ -697,16 +681,13 @@ def detectable_effect(noise: dict[str, float], n: int, confidence: float = 0.95,
 
 
 def decide(difference: dict[str, float], p_adjusted: float, mde: float, alpha: float = 0.05) -> str:
-    """The reading of one paired difference (a minus b, lower is better) within its family:
-    "a better" / "a worse" when the Holm-adjusted p-value is at most ``alpha``; otherwise
-    "cannot decide (difference below the detectable effect)" when ``|mean_diff|`` is under the
-    minimum detectable effect ``mde``, or "cannot decide (not significant after Holm)"."""
-    alpha = check_number("alpha", alpha, 0.0, 1.0, strict_min=True, strict_max=True)
-    if math.isfinite(p_adjusted) and p_adjusted <= alpha:
-        return "a better" if difference["mean_diff"] < 0 else "a worse"
-    if not math.isfinite(mde) or abs(difference["mean_diff"]) < mde:
-        return "cannot decide (difference below the detectable effect)"
-    return "cannot decide (not significant after Holm)"
+    """The reading of one paired difference (a minus b, lower is better) within its family,
+    ``lib.core.decide_difference`` in this study's words: "a better" / "a worse" when the
+    Holm-adjusted p-value is at most ``alpha`` and ``|mean_diff|`` is at least the minimum
+    detectable effect ``mde``; otherwise "cannot decide (difference below the detectable
+    effect)" or "cannot decide (not significant after Holm)"."""
+    verdict = decide_difference(difference["mean_diff"], p_adjusted, mde, alpha)
+    return {"lower": "a better", "higher": "a worse"}.get(verdict, verdict)
 
 
 def compare(frame: pd.DataFrame, pairs: dict[str, tuple[dict[str, Any], dict[str, Any]]], mde: float,
@@ -796,29 +777,6 @@ def conclusion(results: dict[str, Any]) -> str:
                  f"Routing at the last logged step (max/mean expert load / router entropy in nats, mean over seeds; "
                  f"1 and ln E = {math.log(results['n_experts']):.2f} are perfect balance): {routing}.")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Worker entry (``run_study(workers=N)`` starts N): ``main([STORE, SWEEP, CONFIGS.json])``
-    runs (claims) the sweep's missing runs.
-
-    Several such processes on one store share the work; ``run_study(workers=n)`` starts them.
-    """
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("store", help="SQLite results file (lib.training.RunStore)")
-    parser.add_argument("sweep", help="sweep name")
-    parser.add_argument("configs", help="JSON file holding a list of study configs")
-    args = parser.parse_args(argv)
-    configs = json.loads(Path(args.configs).read_text())
-    with warnings.catch_warnings():
-        # Runs another worker holds are reported busy here; the parent's sweep-up collects them.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        run_sweep(RunStore(args.store), args.sweep, [study_config(**c) for c in configs], run_config,
-                  progress=False)
-
-
-if __name__ == "__main__":
-    main()
 
 
 # Notebook 04's profiles. quick: CPU, minutes (a 2-layer 4-expert MoE, 60 steps, 3 paired seeds).

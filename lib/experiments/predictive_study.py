@@ -67,6 +67,7 @@ from lib.core import (
     min_detectable_effect,
     paired_difference,
     pick_device,
+    process_map,
     t_interval,
 )
 from lib.data import synthetic_corpus
@@ -263,11 +264,9 @@ def run_arm(task: LMTask, arm: str, seed: int, lr: float | None = None) -> Hybri
 _WORKER_TASK: LMTask | None = None
 
 
-def _init_worker(task: LMTask, threads: int | None) -> None:
+def _init_worker(task: LMTask) -> None:
     global _WORKER_TASK
     _WORKER_TASK = task
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def _run_in_worker(arm: str, seed: int, lr: float) -> HybridResult:
@@ -296,12 +295,8 @@ def run_protocol(task: LMTask, arms=ARMS, seeds=(0, 1, 2), lrs: Sequence[float] 
     workers = check_int("workers", workers, 1)
     jobs = [(arm, seed, lr) for seed in seeds for lr in lrs for arm in arms]
     if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(task, threads)) as pool:
-            done = list(pool.map(_run_in_worker, *zip(*jobs)))
+        done = process_map(_run_in_worker, jobs, workers, threads or None, initializer=_init_worker,
+                           initargs=(task,))
     else:
         done = []
         for arm, seed, lr in jobs:

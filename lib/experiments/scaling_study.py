@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lib.core import (
     check_choice,
+    check_int,
     check_positive,
     fmt_interval,
     in_batch,
@@ -52,14 +54,14 @@ QUICK = dict(budgets=[1.5e10, 3e10, 6e10], n_sizes=5, span=8.0, tokens_per_param
              lr=1e-2, lr_base_width=16, lr_exponent=1.0, lr_multipliers=(), compare_lr=True,
              n_train_tokens=4_000_000, max_epochs=1.0, sweep_seeds=(0,), repeat_seeds=(0, 1, 2),
              eval_batches=16, max_steps=None, curve_points=25, n_bootstrap=2000,
-             n_bootstrap_parametric=100, threads=1,
+             n_bootstrap_parametric=100, threads=1, workers=2,
              stdlib=True, stdlib_budgets=[2e10, 4e10, 8e10], stdlib_vocab_size=384,
              stdlib_n_sizes=4, stdlib_n_train_tokens=2_000_000, plan_corpus_tokens=None)
 FULL = dict(budgets=[1e15, 3e15, 1e16, 3e16], n_sizes=7, span=16.0, tokens_per_param=20.0,
             vocab_size=256, seq_len=256, batch_size=64, head_dim=64, aspect_ratio=32.0,
             lr=3e-3, lr_base_width=256, lr_multipliers=(0.5, 1.0, 2.0),
             n_train_tokens=400_000_000, sweep_seeds=(0, 1, 2), repeat_seeds=(0, 1, 2),
-            n_bootstrap_parametric=200, threads=None, stdlib=False)
+            n_bootstrap_parametric=200, threads=None, workers=1, stdlib=False)
 # The full profile end to end on a CPU in about a minute: its budgets' corners (smallest, one
 # middle, largest: 3 are needed for the extrapolation check), every size, seed and LR multiple,
 # one optimizer step of one sequence per run.
@@ -114,7 +116,7 @@ def constant_lrs(plan: pd.DataFrame, settings) -> dict[int, float]:
 
 
 def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
-                      curve_points: int = 25, max_steps: int | None = None) -> dict:
+                      curve_points: int = 25, max_steps: int | None = None, threads: int | None = None) -> dict:
     """Train one ``sweep_configs`` entry on ``data`` (a lib.data.TokenData) and return its
     metrics: ``val_loss`` (held-out nats/token at the end), ``train_loss``, ``tokens``,
     ``flops`` (Chinchilla Appendix F x tokens), ``flops_6nd`` (6 N tokens), ``planned_tokens``
@@ -123,7 +125,10 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
     ``elapsed_s``, and a ``history`` of about ``curve_points`` points of the training curve
     (``loss``: the training loss averaged over the steps since the previous point; ``tokens``,
     ``flops`` so far), which the run store keeps for Approach 1. ``max_steps`` cuts the run
-    short (smoke tests only: the run then no longer spends its budget)."""
+    short (smoke tests only: the run then no longer spends its budget). ``threads``: torch's
+    intra-op threads on a CPU (None: leave them), set here so a worker process runs as this one."""
+    if threads is not None and not str(device or "cpu").startswith("cuda"):
+        torch.set_num_threads(check_int("threads", threads, 1))
     seed_everything(config["seed"])
     model_cfg = ModelConfig(**config["model"])
     model = Transformer(model_cfg)
@@ -156,23 +161,25 @@ def train_isoflop_run(config: dict, data, device=None, progress: bool = False,
 def run_isoflop_sweep(plan: pd.DataFrame, data, *, store=None, sweep: str = "isoflop", seeds=(0,),
                       lr=3e-3, batch_size: int, seq_len: int, device=None, progress: bool = True,
                       curve_points: int = 25, max_steps: int | None = None, executor: str = "local",
-                      ray_address: str | None = None, **config_kw) -> pd.DataFrame:
+                      ray_address: str | None = None, workers: int = 1, threads: int | None = None,
+                      **config_kw) -> pd.DataFrame:
     """Train every feasible plan entry for every seed through ``lib.training.run_sweep`` (runs
     already done in ``store`` are skipped, so an interrupted sweep resumes) and return the
     runs of this call's configs (config keys and metrics as columns; ``sweep_configs``
     validates the settings; ``lr`` a float or a {d_model: lr} map). Raises
     ``lib.training.IncompleteSweep`` naming the runs that are not done (failed, or busy in
     another process), so no fit sees a sweep with points silently missing. ``executor="ray"``
-    runs each config as a Ray task on the cluster at ``ray_address`` (``run_sweep``)."""
+    runs each config as a Ray task on the cluster at ``ray_address``, ``workers > 1`` in that many
+    local processes (``run_sweep``); each run sets ``threads`` (``train_isoflop_run``)."""
     check_choice("executor", executor, EXECUTORS)
     store = RunStore() if store is None else store
     corpus = config_kw.pop("corpus", getattr(data, "name", ""))
     configs = sweep_configs(plan, seeds=seeds, lr=lr, batch_size=batch_size, seq_len=seq_len,
                             corpus=corpus, **config_kw)
     run_fn = partial(train_isoflop_run, data=data, device=device, curve_points=curve_points,
-                     max_steps=max_steps)
+                     max_steps=max_steps, threads=threads)
     return run_sweep(store, sweep, configs, run_fn, progress=progress, require_complete=True,
-                     executor=executor, ray_address=ray_address)
+                     executor=executor, ray_address=ray_address, workers=workers)
 
 
 def lr_tune_plan(plan: pd.DataFrame) -> pd.DataFrame:

@@ -55,6 +55,7 @@ from lib.core import (
     check_choice,
     check_int,
     check_positive,
+    decide_difference,
     fmt_interval,
     holm,
     min_detectable_effect,
@@ -102,7 +103,7 @@ QUICK: dict[str, Any] = {
     "corpus": {"vocab_size": 64, "n_train_tokens": 200_000, "n_val_tokens": 20_000, "seed": 0},
     "lengths": [60, 120, 240], "warmup_steps": 6, "batch_size": 16, "seq_len": 32,
     "lr_grid": [6e-3, 1.2e-2, 2.4e-2], "tune_seeds": [100], "seeds": [0, 1, 2, 3],
-    "eval_batches": 16, "eval_batch_size": 16, "threads": 1,
+    "eval_batches": 16, "eval_batch_size": 16, "threads": 1, "workers": 2,
     "equivalence_margin": 0.02, "confidence": 0.95,
 }
 FULL: dict[str, Any] = {
@@ -111,7 +112,7 @@ FULL: dict[str, Any] = {
     "corpus": {"vocab_size": 256, "n_train_tokens": 20_000_000, "n_val_tokens": 500_000, "seed": 0},
     "lengths": [1_000, 2_000, 4_000], "warmup_steps": 100, "batch_size": 32, "seq_len": 256,
     "lr_grid": [7.5e-4, 1.5e-3, 3e-3, 6e-3, 1.2e-2], "tune_seeds": [100, 101], "seeds": [0, 1, 2, 3, 4],
-    "eval_batches": 32, "eval_batch_size": 32, "threads": None,
+    "eval_batches": 32, "eval_batch_size": 32, "threads": None, "workers": 1,
 }
 # smoke: the full profile's model shape, arms, lengths' ratios, seeds and code paths on a CPU in
 # minutes: a few steps per run, one sequence per step, the corners of the LR grid, one tuning seed,
@@ -309,8 +310,10 @@ def run_config(config: dict[str, Any], checkpoint_dir: str | os.PathLike | None 
             "elapsed_s": final["elapsed_s"], "history": history}
 
 
-def _sweep(store: RunStore, sweep: str, configs: list[dict], checkpoint_dir, progress: bool) -> pd.DataFrame:
-    run_sweep(store, sweep, configs, partial(run_config, checkpoint_dir=checkpoint_dir), progress=progress)
+def _sweep(store: RunStore, sweep: str, configs: list[dict], checkpoint_dir, progress: bool,
+           workers: int = 1) -> pd.DataFrame:
+    run_sweep(store, sweep, configs, partial(run_config, checkpoint_dir=checkpoint_dir), progress=progress,
+              workers=workers)
     frame = store.frame(sweep)
     wanted = {make_run_id(sweep, c) for c in configs}
     rows = frame[frame["run_id"].isin(wanted)]
@@ -338,7 +341,10 @@ def run_study(store: RunStore, settings, checkpoint_dir: str | os.PathLike, devi
     """Tune every arm's LR per length, then evaluate each at its best LR on the paired seeds.
 
     ``settings`` is the notebook's ``profile_settings`` namespace. Runs go through
-    ``lib.training.run_sweep`` (sweeps ``"tune"`` and ``"eval"``), so done runs are skipped.
+    ``lib.training.run_sweep`` (sweeps ``"tune"`` and ``"eval"``), so done runs are skipped, in
+    ``settings.workers`` processes (default 1). Two processes that reach the same stable-phase
+    checkpoint first both train it and write the same bits (an atomic replace), so branching
+    stays exact.
     """
     if not isinstance(store, RunStore):
         raise ValueError(f"store must be a lib.training.RunStore, got {type(store).__name__}")
@@ -348,11 +354,12 @@ def run_study(store: RunStore, settings, checkpoint_dir: str | os.PathLike, devi
         raise ValueError(f"arms must include the baseline {BASELINE!r}, got {list(arms)}")
     base = base_config(settings, device)
     get = settings.get if isinstance(settings, Mapping) else partial(getattr, settings)
+    workers = check_int("workers", get("workers", 1), 1)
     tune = _sweep(store, "tune", tune_configs(base, get("lengths"), get("lr_grid"), get("tune_seeds"), arms),
-                  checkpoint_dir, progress)
+                  checkpoint_dir, progress, workers)
     best = best_lrs(tune)
     configs = eval_configs(base, best, get("seeds"))
-    evaluated = _sweep(store, "eval", configs, checkpoint_dir, progress)
+    evaluated = _sweep(store, "eval", configs, checkpoint_dir, progress, workers)
     hist = store.histories("eval")
     hist = hist[hist["run_id"].isin(set(evaluated["run_id"]))].reset_index(drop=True)
     return StudyResult(tune=tune, eval=evaluated, best=best, histories=hist)
@@ -456,10 +463,10 @@ def compare(frame: pd.DataFrame, baseline: str = BASELINE, metric: str = "val_lo
     Columns: ``arm``, ``steps``, ``n``, ``mean_diff``, ``ci_low``, ``ci_high``, ``t_p``,
     ``holm_p`` (Holm over all the rows: one family), ``sd_diff`` (seed spread of the paired
     differences), ``mde`` (``lib.core.min_detectable_effect`` at 80% power from that spread)
-    and ``verdict``: "lower than <baseline>" / "higher than <baseline>" when the Holm-adjusted
-    p-value is below 1 - ``confidence`` and the interval excludes 0, otherwise "cannot decide
-    (difference below the detectable effect)" (or "(not significant after Holm)" when the
-    difference exceeds the detectable effect but the test does not reject).
+    and ``verdict``: ``lib.core.decide_difference`` at level 1 - ``confidence`` in the baseline's
+    words, "lower than <baseline>" / "higher than <baseline>" when the Holm-adjusted p-value is
+    at most that level and the difference is at least the detectable effect, otherwise "cannot
+    decide (difference below the detectable effect)" or "(not significant after Holm)".
     """
     rows = []
     for (arm, steps), g in frame.groupby(["arm", "steps"], sort=False):
@@ -475,16 +482,9 @@ def compare(frame: pd.DataFrame, baseline: str = BASELINE, metric: str = "val_lo
     if out.empty:
         return out
     out["holm_p"] = holm(out["t_p"].to_numpy(float))
-    alpha = 1.0 - confidence
-
-    def word(r) -> str:
-        if np.isfinite(r.holm_p) and r.holm_p <= alpha and (r.ci_high < 0 or r.ci_low > 0):
-            return f"{'lower' if r.mean_diff < 0 else 'higher'} than {baseline}"
-        if not np.isfinite(r.mde) or abs(r.mean_diff) < r.mde:
-            return "cannot decide (difference below the detectable effect)"
-        return "cannot decide (not significant after Holm)"
-
-    out["verdict"] = [word(r) for r in out.itertuples()]
+    words = {"lower": f"lower than {baseline}", "higher": f"higher than {baseline}"}
+    out["verdict"] = [words.get(v, v) for v in (decide_difference(r.mean_diff, r.holm_p, r.mde, 1.0 - confidence)
+                                                for r in out.itertuples())]
     return out[["arm", "steps", "n", "mean_diff", "ci_low", "ci_high", "t_p", "holm_p", "sd_diff", "mde",
                 "verdict"]]
 

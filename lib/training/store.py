@@ -38,7 +38,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import multiprocessing
 import os
+import pickle
 import socket
 import sqlite3
 import threading
@@ -54,7 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.core import check_bool, check_choice, check_positive, data_dir
+from lib.core import check_bool, check_choice, check_int, check_positive, data_dir
 from lib.training.executors import EXECUTORS, check_ray_options, run_on_ray
 from lib.training.tensorboard import run_logdir, runs_dir
 
@@ -532,12 +534,58 @@ def run_claimed(store: RunStore, run_id: str, config: dict, run_fn: Callable[[di
         return "failed"
 
 
+def _sweep_worker(path: str, sweep: str, configs: list[dict], run_fn: Callable[[dict], Any],
+                  retry_failed: bool, steal: bool, log_dir: str | None, threads: int) -> None:
+    """One of ``run_sweep(workers=N)``'s processes: claim and run what nobody else has, on
+    ``threads`` torch threads (its share of the cores) unless ``run_fn`` sets its own."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        # Runs another worker holds are reported busy here; the parent's sweep-up collects them.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run_sweep(RunStore(path), sweep, configs, run_fn, progress=False, retry_failed=retry_failed,
+                  steal=steal, log_dir=log_dir)
+
+
+def _run_in_processes(store: RunStore, sweep: str, configs: list[dict], run_fn: Callable[[dict], Any],
+                      workers: int, *, retry_failed: bool, steal: bool, log_dir: Path | None,
+                      progress: bool) -> None:
+    """Start ``workers`` spawned processes on ``store`` and wait for them, with a progress bar
+    over the sweep's done runs (read from the store)."""
+    from tqdm.auto import tqdm
+
+    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    args = (str(store.path), sweep, configs, run_fn, retry_failed, steal,
+            None if log_dir is None else str(log_dir), max(1, cores // workers))
+    procs = [ctx.Process(target=_sweep_worker, args=args, daemon=True) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    bar = tqdm(total=len(configs), desc=f"{sweep} ({workers} processes)", disable=not progress)
+    try:
+        while any(proc.is_alive() for proc in procs):
+            for proc in procs:
+                proc.join(timeout=0.5)
+            done = sum(st == "done" for st in store.states(sweep, configs).values())
+            bar.update(done - bar.n)
+    finally:
+        for proc in procs:
+            if proc.is_alive():  # interrupted: what they held is a dead process's claim, rerun next call
+                proc.terminate()
+        bar.close()
+    failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
+    if failed:
+        warnings.warn(f"{len(failed)} of {workers} sweep processes exited with codes {failed}; this process "
+                      "runs what they left", RuntimeWarning, stacklevel=3)
+
+
 def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Callable[[dict], Any],
               progress: bool = True, raise_errors: bool = False, retry_failed: bool = True,
               steal: bool = False, require_complete: bool = False,
               log_dir: str | os.PathLike | None = None, executor: str = "local",
               ray_address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
-              max_retries: int = 2) -> pd.DataFrame:
+              max_retries: int = 2, workers: int = 1) -> pd.DataFrame:
     """Run ``run_fn(config)`` for every config of ``sweep`` not already done; return the sweep's
     runs (``store.frame(sweep)``) without those still running.
 
@@ -557,7 +605,11 @@ def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Call
     on the cluster at ``ray_address`` (``None``: a local Ray; ``"auto"``; ``"ray://host:port"``).
     This process records each run as it finishes; a failing task is retried ``max_retries``
     times, then recorded failed while the sweep goes on (``lib.training.executors``). The
-    local executor runs each config once in this process and ignores those four settings.
+    local executor runs each config once and ignores those four settings: in this process, or
+    with ``workers > 1`` in that many spawned processes that claim runs from the same store (a
+    sweep of small single-threaded runs uses every core that way; ``run_fn`` must then be a
+    module-level function, so a process can import it), after which this process runs whatever
+    they left (a worker that died) as a sweep-up.
     """
     if not isinstance(store, RunStore):
         raise ValueError(f"store must be a RunStore, got {type(store).__name__}")
@@ -569,6 +621,15 @@ def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Call
     require_complete = check_bool("require_complete", require_complete)
     check_choice("executor", executor, EXECUTORS)
     ray_address, num_cpus, num_gpus, max_retries = check_ray_options(ray_address, num_cpus, num_gpus, max_retries)
+    workers = check_int("workers", workers, 1)
+    if workers > 1:
+        if executor != "local":
+            raise ValueError(f"workers={workers} needs executor='local'; a Ray sweep sizes itself by num_cpus")
+        try:
+            pickle.dumps(run_fn)
+        except Exception as exc:
+            raise ValueError(f"workers={workers} needs run_fn to be a module-level function a spawned process "
+                             f"can import; {run_fn!r} cannot be pickled ({exc})") from None
     if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
         raise ValueError(f"log_dir must be None or a path, got {type(log_dir).__name__}")
     runs = Path(log_dir) if log_dir is not None else runs_dir()
@@ -587,8 +648,11 @@ def run_sweep(store: RunStore, sweep: str, configs: Iterable[dict], run_fn: Call
                    num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries, retry_failed=retry_failed,
                    steal=steal, raise_errors=raise_errors, progress=progress, runs=runs)
     else:
+        if workers > 1:
+            _run_in_processes(store, sweep, configs, run_fn, workers, retry_failed=retry_failed, steal=steal,
+                              log_dir=runs, progress=progress)
         counts = dict.fromkeys(("ran", "failed", "skipped", "busy"), 0)
-        bar = tqdm(configs, desc=sweep, disable=not progress)
+        bar = tqdm(configs, desc=sweep, disable=not progress or workers > 1)
         for config in bar:
             if not retry_failed:
                 row = store.get(make_run_id(sweep, config))

@@ -90,3 +90,19 @@ def test_figures_land_in_the_repo_from_any_working_directory(tmp_path):
                          text=True, check=True).stdout.strip()
     assert Path(out) == runtime.repo_root() / "figures" / "x"
     (runtime.repo_root() / "figures" / "x").rmdir()
+
+
+def test_process_map_keeps_order_runs_elsewhere_and_sets_threads():
+    jobs = [(i,) for i in range(5)]
+    here = runtime.process_map(_job, jobs)
+    there = runtime.process_map(_job, jobs, workers=2, threads=1)
+    assert [r[0] for r in here] == [r[0] for r in there] == [i * i for i in range(5)]
+    assert {r[1] for r in here} == {os.getpid()} and os.getpid() not in {r[1] for r in there}
+    assert {r[2] for r in there} == {1} and {r[2] for r in here} == {torch.get_num_threads()}
+    for kw, name in ((dict(workers=0), "workers"), (dict(workers=2, threads=0), "threads")):
+        with pytest.raises(ValueError, match=name):
+            runtime.process_map(_job, jobs, **kw)
+
+
+def _job(i):  # module level, so a spawned process can import it
+    return i * i, os.getpid(), torch.get_num_threads()

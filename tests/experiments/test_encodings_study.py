@@ -14,13 +14,37 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from lib.core import holm, profile_settings
+from lib.core import decide_difference, holm, profile_settings
 from lib.data import longctx as L
 from lib.data import synthetic_corpus
 from lib.experiments import encodings_study as E
 from lib.models import ModelConfig
 
 TINY = dict(d_model=16, n_heads=2, batch_size=4)
+
+
+@pytest.mark.slow
+def test_sweep_and_perplexity_train_in_worker_processes_to_the_same_bits():
+    variants = {"rope": {"encoding": "rope"}, "alibi": {"encoding": "alibi"},
+                "rope+yarn": {"encoding": "rope", "eval_encoding": ("yarn", {"factor": "auto"})}}
+    kw = dict(steps=3, seeds=(0, 1), n_eval=4, task_kwargs={"n_digits": 1}, **TINY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker runs on
+    try:
+        here = E.extrapolation_sweep(variants, "passkey", 16, [16, 32], **kw)
+        lm_here = E.perplexity_by_position(variants, 16, 2, 3, seeds=(0,), n_windows=2, batch_size=2,
+                                           n_tokens=5_000, d_model=16)
+    finally:
+        torch.set_num_threads(threads)
+    there = E.extrapolation_sweep(variants, "passkey", 16, [16, 32], workers=2, threads=1, **kw)
+    lm_there = E.perplexity_by_position(variants, 16, 2, 3, seeds=(0,), n_windows=2, batch_size=2,
+                                        n_tokens=5_000, d_model=16, workers=2, threads=1)
+    pd.testing.assert_frame_equal(here["by_length"], there["by_length"])
+    pd.testing.assert_frame_equal(here["examples"], there["examples"])
+    cols = ["label", "seed", "steps", "reached"]
+    pd.testing.assert_frame_equal(here["train_seconds"][cols], there["train_seconds"][cols])
+    assert len(there["train_seconds"]) == 4  # rope and alibi x 2 seeds: rope+yarn shares rope's runs
+    pd.testing.assert_frame_equal(lm_here, lm_there)
 
 
 def test_sweep_shares_training_and_yarn_factor_one_is_rope():
@@ -103,7 +127,8 @@ def test_comparisons_are_paired_t_tests_with_holm_and_decide_only_when_significa
     cmp = E.compare_to_reference(_examples(correct)).set_index("label")
     assert set(cmp.index) == {"same", "better", "noisy"}
     assert cmp.loc["same", "diff"] == 0 and cmp.loc["same", "p"] == 1.0
-    assert cmp.loc["same", "decision"] == "cannot decide"
+    # identical answers: a zero difference is never "detectable"
+    assert cmp.loc["same", "decision"] == "cannot decide (difference below the detectable effect)"
     assert cmp.loc["better", "decision"] == "better"
     assert cmp.loc["better", "diff"] == pytest.approx(1 - rope.mean())
     for label in ("better", "noisy"):
@@ -111,8 +136,12 @@ def test_comparisons_are_paired_t_tests_with_holm_and_decide_only_when_significa
         assert cmp.loc[label, "p"] == pytest.approx(ref.pvalue, rel=1e-10)
     np.testing.assert_allclose(cmp["p_holm"], holm(cmp["p"].to_numpy()))
     assert cmp.loc["noisy", "mde"] > 0 and cmp["n"].eq(120).all()
+    # the shared rule (lib.core.decide_difference) on the reference minus the label
+    for _, r in cmp.iterrows():
+        verdict = decide_difference(-r["diff"], r["p_holm"], r["mde"])
+        assert r["decision"] == {"lower": "better", "higher": "worse"}.get(verdict, verdict)
     if cmp.loc["noisy", "p_holm"] > 0.05:
-        assert cmp.loc["noisy", "decision"] == "cannot decide"
+        assert cmp.loc["noisy", "decision"].startswith("cannot decide")
     with pytest.raises(ValueError, match="reference"):
         E.compare_to_reference(_examples(correct), reference="yarn")
 

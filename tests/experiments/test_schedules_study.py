@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lib.core import profile_settings
+from lib.core import decide_difference, profile_settings
 from lib.experiments import schedules_study as S
 from lib.scaling import run_flops_per_token
 from lib.schedules import WSD, CosinePlateau, WarmupCosine
@@ -193,6 +193,22 @@ def test_compare_is_a_holm_corrected_paired_t_test(tiny_study):
     order = np.argsort(p)
     manual = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order][:m]), 1)
     np.testing.assert_allclose(comp["holm_p"].to_numpy()[order][:m], manual)
+    words = {"lower": "lower than cosine", "higher": "higher than cosine"}
+    for row in comp.itertuples():  # the shared rule, in this study's words
+        verdict = decide_difference(row.mean_diff, row.holm_p, row.mde, 0.05)
+        assert row.verdict == words.get(verdict, verdict)
+
+
+def test_a_significant_difference_below_the_detectable_effect_is_not_a_finding():
+    # mean / standard error = 3.2 over 5 seeds: the paired t-test rejects (p = 0.033), but the
+    # effect detectable at 80% power is (t_.975 + t_.8) = 3.72 standard errors, so it is not decided.
+    diffs = [-0.05 + 0.02207 * k for k in (-2, -1, 0, 1, 2)]
+    row = synthetic_comparisons({100: diffs}).iloc[0]
+    se = np.std(diffs, ddof=1) / math.sqrt(5)
+    assert row.t_p == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue) and row.holm_p <= 0.05
+    assert row.mde == pytest.approx((stats.t.ppf(0.975, 4) + stats.t.ppf(0.8, 4)) * se)
+    assert abs(row.mean_diff) < row.mde
+    assert row.verdict == "cannot decide (difference below the detectable effect)"
 
 
 def synthetic_comparisons(diffs: dict[int, list[float]], arm: str = "wsd_1sqrt") -> pd.DataFrame:

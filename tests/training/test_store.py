@@ -364,3 +364,29 @@ def test_a_store_written_before_leases_is_upgraded(tmp_path):
     df = run_sweep(store, "old", [{"a": 1}], lambda c: {"v": 1}, progress=False)
     assert df["status"].tolist() == ["done"] and df["attempts"].tolist() == [2]
     assert store.integrity_check() == "ok"
+
+
+def test_workers_run_a_sweep_in_other_processes_with_the_same_results(tmp_path):
+    # ``dict`` is a run_fn a spawned process can import: its metrics are the config itself.
+    configs = [{"seed": i, "x": 0.5 * i} for i in range(6)]
+    here = run_sweep(RunStore(tmp_path / "one.sqlite"), "s", configs, dict, progress=False)
+    there = run_sweep(RunStore(tmp_path / "two.sqlite"), "s", configs, dict, progress=False, workers=2)
+    assert (there["status"] == "done").all() and len(there) == len(configs)
+    assert there["run_id"].tolist() == here["run_id"].tolist()  # claimed in config order
+    assert there["metrics.x"].tolist() == here["metrics.x"].tolist() == [c["x"] for c in configs]
+    def pids(name):
+        with sqlite3.connect(tmp_path / name) as con:
+            return {pid for (pid,) in con.execute("SELECT pid FROM runs")}
+
+    assert pids("one.sqlite") == {os.getpid()} and os.getpid() not in pids("two.sqlite")
+
+
+def test_workers_refuse_a_run_fn_a_process_cannot_import_and_a_ray_sweep(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(ValueError, match="workers=2 needs run_fn to be a module-level function"):
+        run_sweep(store, "s", [{"seed": 0}], lambda c: {"y": 1.0}, workers=2)
+    with pytest.raises(ValueError, match="workers=2 needs executor='local'"):
+        run_sweep(store, "s", [{"seed": 0}], dict, workers=2, executor="ray")
+    with pytest.raises(ValueError, match="workers"):
+        run_sweep(store, "s", [{"seed": 0}], dict, workers=0)
+    assert store.frame("s").empty  # refused before any run
