@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from lib.core.checks import check_int
+
 PROFILES = ("quick", "full")
 DEVICE_ENV = "WORKBENCH_DEVICE"
 ROOT_ENV = "WORKBENCH_ROOT"
@@ -119,8 +121,6 @@ def process_map(fn: Callable, items: Iterable[tuple], workers: int = 1, threads:
     ``fn`` must be a module-level function (or a ``functools.partial`` of one). With
     ``workers=1`` the jobs run here, and neither ``threads`` nor ``initializer`` is applied.
     """
-    from lib.core.checks import check_int
-
     workers = check_int("workers", workers, 1)
     if threads is not None:
         threads = check_int("threads", threads, 1)

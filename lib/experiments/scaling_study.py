@@ -304,7 +304,13 @@ def allocation_at(C: float, *, iso: IsoFLOPFit | None = None, par: ParametricFit
     loss) and Approach 1 (``env``; no loss). One row per approach."""
     C = check_positive("C", C)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    q = lambda v: (float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi)))
+
+    def q(v):
+        # A draw whose optimum is not finite is inf: numpy's interpolation across two of them
+        # computes inf - inf, a percentile of +inf that needs no warning.
+        with np.errstate(invalid="ignore"):
+            return float(np.nanquantile(v, lo)), float(np.nanquantile(v, hi))
+
     rows = []
     for name, fit in (("approach 1 (envelope)", env), ("approach 2 (IsoFLOP)", iso)):
         if fit is None:
