@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -366,11 +367,29 @@ def test(c, fast: bool = False, workers: int = 2, only: str | None = None, lates
     if fast:
         return
     books = " ".join(str(b.relative_to(ROOT)) for b in _notebooks(only))
-    # Two notebooks at a time, each whole on one worker (loadfile: its cells share one kernel);
-    # their quick profiles run single-threaded, so two share 2 cores without oversubscribing.
+    # Which CPU the outputs are compared on: the pins must make AMD and Intel machines agree, and
+    # a failure here is read against this line.
+    print(f"nbval on {_cpu_model()} ({os.cpu_count()} cpus), "
+          + ", ".join(f"{k}={NOTEBOOK_ENV[k]}" for k in REPRODUCIBLE_CPU), flush=True)
+    # Two notebooks at a time, each whole on one worker (loadfile: its cells share one kernel).
+    # Each quick profile runs its jobs in two single-threaded processes, so two notebooks at once
+    # oversubscribe 2 cores, and still finish sooner (measured: nbval 562 s; the five refreshes, one
+    # by one, 656 s).
     c.run(f"{sys.executable} -m pytest -q -n {workers} --dist loadfile --nbval-lax "
           f"--nbval-sanitize-with {SANITIZE.relative_to(ROOT)} --nbval-cell-timeout=900 {books}",
           env={**env, **NOTEBOOK_ENV}, pty=False)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``platform.processor()`` where there is no
+    /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "an unknown CPU"
 
 
 def _latest_env(c, latest_torch: bool) -> str:
