@@ -268,7 +268,12 @@ def _dry_run(books: list[Path], profile: str, device: str | None, smoke: bool) -
 @task(help={"only": "comma-separated notebook prefixes, e.g. 01,03"})
 def refresh(c, only: str | None = None, timeout: int | None = None):
     """Re-execute notebooks in place (quick profile) so committed outputs match the code."""
+    from lib.core import CHROMIUM_ENV, chromium_path
+
     books = _notebooks(only)
+    if chromium_path() is None:  # before any compute: the committed plotly outputs need their snapshots
+        raise Exit("invoke refresh writes the committed outputs, whose plotly figures carry a PNG snapshot "
+                   f"drawn by a Chromium: apt-get install chromium, or set ${CHROMIUM_ENV}", code=2)
     rows, failures = [], []
     for i, book in enumerate(books, 1):
         print(f"[{i}/{len(books)}] refreshing {book.name}", flush=True)

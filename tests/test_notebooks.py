@@ -305,6 +305,17 @@ def test_saved_html_figures_embed_plotly_and_load_nothing():
 
 
 @pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
+def test_every_plotly_output_carries_its_png_snapshot(book):
+    # Without one, jupyterlab-plotly draws the figure on open and stores its own snapshot in the
+    # output, so the notebook opens modified (tests/browser checks it opens unmodified).
+    missing = [i for i, cell in enumerate(_load(book)["cells"]) for out in cell.get("outputs", [])
+               if "application/vnd.plotly.v1+json" in out.get("data", {})
+               and not _joined(out["data"].get("image/png", "")).startswith("iVBORw0KGgo")]  # base64 of the PNG magic
+    assert not missing, (f"{book.name}: plotly outputs in cells {missing} have no PNG snapshot; re-run it "
+                         f"with `invoke refresh` on a machine with a Chromium (lib.core.setup_plotly_for_notebooks)")
+
+
+@pytest.mark.parametrize("book", BOOKS, ids=lambda b: b.stem)
 def test_kernel_metadata_is_what_jupyterlab_writes(book):
     from ipykernel.ipkernel import IPythonKernel
     from jupyter_client.kernelspec import KernelSpecManager

@@ -20,8 +20,11 @@ from lib.core.checks import (
     check_token_ids,
 )
 from lib.core.plotting import (
+    BATCH_PLOTLY_RENDERER,
+    CHROMIUM_ENV,
     FORMATS,
     PLOTLY_RENDERER,
+    chromium_path,
     save_figure,
     save_plotly,
     setup_plotly_for_notebooks,
@@ -88,8 +91,11 @@ __all__ = [
     "CONCLUSION_TAG",
     "notebook_summary",
     "build_report",
+    "BATCH_PLOTLY_RENDERER",
+    "CHROMIUM_ENV",
     "FORMATS",
     "PLOTLY_RENDERER",
+    "chromium_path",
     "use_style",
     "save_figure",
     "save_plotly",

@@ -5,15 +5,18 @@
 the kernel's working directory. Files are byte-for-byte reproducible: no dates, no software
 stamps, a fixed SVG hash salt, so re-running a notebook does not churn git.
 Plotly figures go through ``save_plotly``: one self-contained HTML page with plotly.js embedded,
-so it opens offline. Both return paths relative to the repository root, so a notebook that
+so it opens offline; ``setup_plotly_for_notebooks`` picks how notebook outputs carry them. Both return paths relative to the repository root, so a notebook that
 displays them shows no machine's checkout folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
+from lib.core.report import in_batch
 from lib.core.runtime import figures_dir, repo_root
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -88,14 +91,39 @@ def save_plotly(fig, notebook: str, name: str) -> Path:
 # the figure's JSON only. The "notebook" renderer would instead embed all of plotly.js (about
 # 4.7 MB) in the first figure's committed output, and "notebook_connected" imports it from a CDN.
 PLOTLY_RENDERER = "plotly_mimetype"
+# Headless runs add plotly's own PNG snapshot (kaleido, drawing with a Chromium). jupyterlab-plotly
+# shows an output's stored PNG until the pointer enters it; an output without one it draws at
+# once and then writes its own snapshot into, which marks a freshly opened notebook modified.
+BATCH_PLOTLY_RENDERER = "plotly_mimetype+png"
+CHROMIUM_ENV = "WORKBENCH_CHROMIUM"
 
 
-def setup_plotly_for_notebooks() -> None:
-    """Render plotly figures offline, in JupyterLab and in headless (papermill/nbval) runs.
+def chromium_path() -> str | None:
+    """The Chromium that headless figures and the browser tests use: ``$WORKBENCH_CHROMIUM``,
+    else Debian's ``/usr/bin/chromium``, else ``chromium`` (or ``chromium-browser``) on PATH;
+    None when there is none (``apt-get install chromium``)."""
+    for candidate in (os.environ.get(CHROMIUM_ENV), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
-    Sets the default renderer to ``PLOTLY_RENDERER``; ``invoke report`` turns the same output
-    into an offline HTML figure.
+
+def setup_plotly_for_notebooks() -> str:
+    """Render plotly figures offline, in JupyterLab and in headless (papermill/nbval) runs, and
+    return the renderer chosen.
+
+    Live (JupyterLab): ``PLOTLY_RENDERER``, the figure's JSON. Headless, with a Chromium
+    (``chromium_path``): ``BATCH_PLOTLY_RENDERER``, the JSON plus a PNG snapshot, so committed
+    notebooks open in JupyterLab unmodified; without one, the JSON alone. ``invoke report``
+    turns the JSON into an offline HTML figure.
     """
     import plotly.io as pio
 
-    pio.renderers.default = PLOTLY_RENDERER
+    renderer = PLOTLY_RENDERER
+    browser = chromium_path()
+    if browser is not None and in_batch():
+        os.environ.setdefault("BROWSER_PATH", browser)  # where kaleido looks first
+        renderer = BATCH_PLOTLY_RENDERER
+    pio.renderers.default = renderer
+    return renderer

@@ -168,7 +168,8 @@ def notebook_summary(path: str | os.PathLike) -> dict:
 
 
 def _offline_outputs(nb) -> bool:
-    """Give plotly outputs an HTML form drawn by the local plotly.js and drop live-widget views;
+    """Give plotly outputs an HTML form drawn by the local plotly.js in place of their JSON and PNG
+    snapshot, and drop live-widget views;
     True when the notebook has a plotly figure."""
     import plotly.io as pio
 
@@ -181,6 +182,7 @@ def _offline_outputs(nb) -> bool:
                 data["text/html"] = pio.to_html(fig, include_plotlyjs=False, full_html=False,
                                                 div_id=f"plotly-{i}-{j}")
                 del data[_PLOTLY_MIME]
+                data.pop("image/png", None)  # the snapshot JupyterLab shows until the live figure draws
                 has_plotly = True
             data.pop(_WIDGET_MIME, None)
             if "text/html" in data:  # an output written by an online renderer: drop its CDN loads

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import pytest
 
+from lib.core import chromium_path
+
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build" / "browser"
-CHROMIUM_ENV = "WORKBENCH_CHROMIUM"
 REQUIRE_ENVS = ("WORKBENCH_REQUIRE_BROWSER", "WORKBENCH_REQUIRE_LOCKED")
 SKIP_PHRASE = "browser tests did not run"
 # As root in a container: no sandbox; no GPU; and no background connections, which this
@@ -67,15 +68,6 @@ class Timings:
 
 
 _timings: list[Timings] = []
-
-
-def chromium_path() -> str | None:
-    """``$WORKBENCH_CHROMIUM``, else Debian's ``/usr/bin/chromium``, else ``chromium`` on PATH."""
-    for candidate in (os.environ.get(CHROMIUM_ENV), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def _missing() -> str | None:

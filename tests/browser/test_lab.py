@@ -275,14 +275,6 @@ def synthetic_explorers(open_page, lab, timings):
 def test_jupyterlab_starts_and_opens_a_notebook_unmodified(schedules_run):
     nb = schedules_run
     assert BOOKS[0].name.startswith("01_")
-    has_plotly = any("application/vnd.plotly.v1+json" in o.get("data", {})
-                     for c in _cells(nb.book) for o in c.get("outputs", []))
-    if nb.dirty_on_open and has_plotly:
-        # jupyterlab-plotly's renderer, once it has drawn a figure, writes Plotly.toImage's PNG of
-        # it at the output's on-screen size into the output's "image/png" unless that equals the
-        # stored one: a committed snapshot (kaleido at refresh) would have to match it pixel for pixel.
-        pytest.xfail("jupyterlab-plotly stores a fresh PNG snapshot into every plotly output it draws, "
-                     "which marks the notebook modified")
     assert not nb.dirty_on_open, ("opening 01 in JupyterLab marked it modified: its metadata differs from what "
                                   "JupyterLab writes (see tests/test_notebooks.py)")
 

@@ -1,11 +1,12 @@
 """lib.core.plotting: figures work offline and name no machine's folder.
 
 save_plotly embeds plotly.js (the page loads nothing from the network) byte-for-byte
-reproducibly; setup_plotly_for_notebooks' renderer writes the figure's JSON only (JupyterLab
-draws it with its bundled plotly.js), never a CDN loader; save_figure and save_plotly return
+reproducibly; setup_plotly_for_notebooks' renderer writes the figure's JSON (JupyterLab draws
+it with its bundled plotly.js), never a CDN loader, plus in headless runs plotly's PNG snapshot; save_figure and save_plotly return
 paths relative to the repository root.
 """
 
+import base64
 import re
 
 import plotly
@@ -13,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from lib.core import PLOTLY_RENDERER, plotting, runtime
+from lib.core import BATCH_PLOTLY_RENDERER, PLOTLY_RENDERER, plotting, runtime
 
 CDN = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//|\bimport\s*[\"'](?:https?:)?//", re.I)
 
@@ -40,16 +41,38 @@ def test_save_plotly_embeds_plotly_js_reproducibly(tmp_path, monkeypatch):
         plotting.save_plotly(_figure(), "00_test", "../fig")
 
 
-def test_notebook_renderer_writes_the_figure_json_only():
+@pytest.fixture
+def restore_renderer():
     before = pio.renderers.default
-    try:
-        plotting.setup_plotly_for_notebooks()
-        assert pio.renderers.default == PLOTLY_RENDERER == "plotly_mimetype"
-        bundle = pio.renderers._build_mime_bundle(_figure().to_dict())
-        assert set(bundle) == {"application/vnd.plotly.v1+json"}
-        assert "cdn" not in str(bundle).lower()
-    finally:
-        pio.renderers.default = before
+    yield
+    pio.renderers.default = before
+
+
+def test_live_renderer_writes_the_figure_json_only(restore_renderer, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_BATCH", "0")
+    assert plotting.setup_plotly_for_notebooks() == PLOTLY_RENDERER == "plotly_mimetype"
+    assert pio.renderers.default == PLOTLY_RENDERER
+    bundle = pio.renderers._build_mime_bundle(_figure().to_dict())
+    assert set(bundle) == {"application/vnd.plotly.v1+json"}
+    assert "cdn" not in str(bundle).lower()
+
+
+def test_headless_renderer_without_a_chromium_writes_the_json_only(restore_renderer, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
+    monkeypatch.setattr(plotting, "chromium_path", lambda: None)
+    assert plotting.setup_plotly_for_notebooks() == PLOTLY_RENDERER
+
+
+def test_headless_renderer_adds_a_png_snapshot_drawn_by_chromium(restore_renderer, monkeypatch):
+    if plotting.chromium_path() is None:
+        pytest.skip("no Chromium (apt-get install chromium); .ci/run installs it")
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
+    assert plotting.setup_plotly_for_notebooks() == BATCH_PLOTLY_RENDERER
+    bundle = pio.renderers._build_mime_bundle(_figure().to_dict())
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000  # a drawn figure, not a blank stub
+    assert "cdn" not in str(bundle["application/vnd.plotly.v1+json"]).lower()
 
 
 def test_save_figure_returns_root_relative_paths(tmp_path, monkeypatch):

@@ -81,6 +81,9 @@ def test_in_batch_is_true_in_a_real_kernel_run_by_nbclient(monkeypatch, tmp_path
     assert nb.cells[0].outputs[0]["text"].strip() == "True"
 
 
+SNAPSHOT = "iVBORw0KGgoSNAPSHOTofTheFigure"  # a headless run's PNG of the plotly figure
+
+
 def _notebook(path, tagged=True):
     fig = go.Figure(go.Scatter(x=[0, 1], y=[2, 3]))
     cells = [
@@ -90,7 +93,8 @@ def _notebook(path, tagged=True):
             new_output("display_data", data={
                 "text/html": '<script type="module">import "https://cdn.plot.ly/plotly-4.1.1.min"</script>'}),
             new_output("display_data", data={"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
-                                             "text/html": '<script src="https://cdn.plot.ly/plotly.min.js"></script>'}),
+                                             "text/html": '<script src="https://cdn.plot.ly/plotly.min.js"></script>',
+                                             "image/png": SNAPSHOT}),
         ]),
         new_markdown_cell("## Conclusion\n\nThe prose conclusion."),
         new_code_cell("show_markdown(text)", outputs=[
@@ -127,6 +131,7 @@ def test_report_site_is_offline_and_indexes_questions_and_answers(tmp_path, monk
     assert not NETWORK.search(page), NETWORK.search(page).group(0)
     assert not NETWORK.search(text)
     assert '<script src="assets/plotly.min.js"></script>' in page and 'id="plotly-1-1"' in page
+    assert SNAPSHOT not in page  # the live figure replaces the snapshot JupyterLab shows before drawing it
     assert (tmp_path / "site" / "assets" / "plotly.min.js").stat().st_size > 1_000_000
     assert 'href="index.html"' in page
     with pytest.raises(ValueError, match="notebooks"):
