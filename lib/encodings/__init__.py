@@ -11,7 +11,8 @@ What lives where:
 - ``spiral``: the pi-spiral family (additive, rotary, hybrid)
 - ``attractor``: the attractor state, wrapping another encoding
 - ``diagnostics``: collisions, spectra, relative-position decay, attention maps, cost
-- ``flex``: ``bias_attention``, causal attention with a position-function bias (FlexAttention)
+- ``flex``: ``bias_attention``, causal attention with a position-function bias (ALiBi folded
+  into SDPA, FlexAttention, flash-attn), never materialised as [H, T, T]
 - ``hf``: ``apply_to_hf``, an encoding inside a transformers Llama / Qwen2
 
 An encoding is added by one class in the module of its family, decorated with
@@ -61,12 +62,15 @@ from lib.encodings.diagnostics import (
 from lib.encodings.flex import (
     BIAS_PATHS,
     FLEX_MIN_TOKENS_CPU,
+    FOLDED_MAX_LOGIT_ERROR,
     FlexBiasAttention,
     bias_attention,
     causal_block_mask,
     choose_bias_path,
     dense_bias,
     flex_available,
+    folded_alibi,
+    folded_logit_error,
     has_score_bias,
     load_flash_attn,
 )
@@ -158,12 +162,15 @@ __all__ = [
     # flex
     "BIAS_PATHS",
     "FLEX_MIN_TOKENS_CPU",
+    "FOLDED_MAX_LOGIT_ERROR",
     "FlexBiasAttention",
     "bias_attention",
     "causal_block_mask",
     "choose_bias_path",
     "dense_bias",
     "flex_available",
+    "folded_alibi",
+    "folded_logit_error",
     "has_score_bias",
     "load_flash_attn",
     # hf

@@ -6,6 +6,14 @@ then runs causal attention with that bias by one of these paths:
 
 - ``"flash"``: flash-attn's ``flash_attn_func(..., alibi_slopes=...)`` on CUDA, for ALiBi, when
   flash-attn is installed and the caller asks for it (``ModelConfig.attn_impl="flash"``).
+- ``"folded"``: ALiBi as one more head dimension of plain causal SDPA (``folded_alibi``), so
+  the fused kernel runs with O(T) extra memory and no compile. Softmax ignores a constant per
+  query row, so ``slope_h * (j - i)`` may be replaced by ``slope_h * (j - c)``, which is a dot
+  product: ``[q, slope_h sqrt(D)] . [k, j - c] / sqrt(D)``. Exact in exact arithmetic; in
+  floating point the extra term is of size ``slope * T / 2``, so the logits carry a rounding
+  error of about ``eps(dtype) * max_slope * T / 2`` (``folded_logit_error``). "auto" takes it
+  where that is at most ``FOLDED_MAX_LOGIT_ERROR``: float32 at the lengths this workbench runs,
+  never bfloat16 or float16.
 - ``"flex"``: ``torch.nn.attention.flex_attention`` compiled by ``torch.compile``, with a
   ``score_mod`` adding ``score_bias`` and the causal mask as a ``BlockMask`` (cached per length
   and device; fully masked blocks are skipped). On CUDA flex's own backward runs. On CPU torch
@@ -17,7 +25,7 @@ then runs causal attention with that bias by one of these paths:
   compiling (about 10 s per new length on a 2-core CPU) costs more than the bias saves).
 
 All paths compute the same function (tested: outputs and gradients against the materialised
-path).
+path, and the folded path's error against a float64 reference and its bound).
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ try:
 except ImportError:  # torch without FlexAttention: the materialised path serves everything
     create_block_mask = flex_attention = None
 
-BIAS_PATHS = ("auto", "flex", "flash", "materialised")
+BIAS_PATHS = ("auto", "folded", "flex", "flash", "materialised")
+# The folded path's logit rounding error that "auto" accepts: half TF32's unit roundoff
+# (2**-11), so folded float32 attention is at least as precise as the TF32 matmuls CUDA training
+# runs by default. float32 with 4 heads (max slope 1/4) stays under it to 16k tokens.
+FOLDED_MAX_LOGIT_ERROR = 2.5e-4
 # On CPU, "auto" takes flex from this many tokens. Below it the materialised bias is cheap
 # (2 MiB per head at 1,024 tokens) and a compile per new length would dominate notebook runs
 # whose lengths are 32-512 tokens; measured in benchmarks/bench_encodings.py.
@@ -104,14 +116,46 @@ def dense_bias(encoding: PositionalEncoding, t_q: int, t_k: int, device, dtype) 
     return bias.masked_fill(kv_idx > q_idx, float("-inf"))
 
 
+def folded_logit_error(encoding: ALiBi, t: int, dtype: torch.dtype) -> float:
+    """The rounding error the folded path adds to the logits at ``t`` tokens in ``dtype``: the
+    unit roundoff times the largest folded term, ``max_slope * t / 2`` (keys centred)."""
+    return torch.finfo(dtype).eps * float(encoding.slopes.max()) * t / 2
+
+
+def folded_alibi(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, *, dropout_p: float = 0.0) -> Tensor:
+    """Causal ALiBi attention of q [B, H, T, D] over k, v [B, Hkv, T, D] as plain causal SDPA
+    with one more head dimension: ``slope_h * sqrt(D)`` appended to every query of head h and
+    ``j - (T - 1) / 2`` to every key at position j (shared by a GQA group, since the slope sits in
+    the query), ``v`` padded with a zero, scale ``1 / sqrt(D)``. The dot product then adds
+    ``slope_h * (j - c)``, which differs from ALiBi's ``slope_h * (j - i)`` by a constant per query
+    row, which softmax removes. On CUDA the head dimension is padded to a multiple of 8, as the
+    fused kernels want."""
+    b, h, t, d = q.shape
+    extra = 8 - d % 8 if q.is_cuda else 1
+    col = torch.zeros(extra, device=q.device, dtype=q.dtype)
+    q_col = col.expand(b, h, t, extra).clone()
+    q_col[..., 0] = (slopes.to(q.device, q.dtype) * math.sqrt(d))[None, :, None]
+    k_col = col.expand(*k.shape[:-1], extra).clone()
+    k_col[..., 0] = torch.arange(t, device=q.device, dtype=q.dtype) - (t - 1) / 2
+    y = F.scaled_dot_product_attention(torch.cat([q, q_col], -1), torch.cat([k, k_col], -1),
+                                       torch.cat([v, col.expand(*v.shape[:-1], extra)], -1),
+                                       dropout_p=dropout_p, is_causal=True, scale=1.0 / math.sqrt(d),
+                                       enable_gqa=k.shape[1] != h)
+    return y[..., :d]
+
+
 def choose_bias_path(encoding: PositionalEncoding, t: int, device, *, dropout_p: float = 0.0,
-                     flash: bool = False) -> str:
-    """The path ``bias_attention(..., path="auto")`` takes (see the module docstring)."""
+                     flash: bool = False, dtype: torch.dtype = torch.float32, t_k: int | None = None) -> str:
+    """The path ``bias_attention(..., path="auto")`` takes for ``t`` queries over ``t_k`` keys
+    (default ``t``) in ``dtype`` (see the module docstring)."""
     device = torch.device(device)
     if not has_score_bias(encoding):
         return "materialised"
     if flash and device.type == "cuda" and isinstance(encoding, ALiBi) and load_flash_attn() is not None:
         return "flash"
+    if (isinstance(encoding, ALiBi) and (t_k is None or t_k == t) and dtype.is_floating_point
+            and folded_logit_error(encoding, t, dtype) <= FOLDED_MAX_LOGIT_ERROR):
+        return "folded"
     if dropout_p > 0 or not flex_available(device):
         return "materialised"
     if device.type == "cpu" and t < FLEX_MIN_TOKENS_CPU:
@@ -130,8 +174,13 @@ def bias_attention(q: Tensor, k: Tensor, v: Tensor, encoding: PositionalEncoding
         raise ValueError(f"encoding {encoding.name!r} defines no score_bias")
     t = q.shape[-2]
     if path == "auto":
-        path = choose_bias_path(encoding, t, q.device, dropout_p=dropout_p, flash=flash)
+        path = choose_bias_path(encoding, t, q.device, dropout_p=dropout_p, flash=flash, dtype=q.dtype,
+                                t_k=k.shape[-2])
     gqa = k.shape[1] != q.shape[1]
+    if path == "folded":
+        if not isinstance(encoding, ALiBi) or k.shape[-2] != t:
+            raise ValueError("path='folded' needs an ALiBi encoding and as many queries as keys")
+        return folded_alibi(q, k, v, encoding.slopes, dropout_p=dropout_p)
     if path == "flash":
         fa = load_flash_attn()
         if fa is None or not q.is_cuda or not isinstance(encoding, ALiBi):

@@ -5,9 +5,10 @@ nanoGPT-sized and readable: pre-norm blocks (RMSNorm), causal self-attention thr
 asked for), SwiGLU MLPs (or a Mixture-of-Experts layer from ``lib.models.moe``), optional tied
 embeddings. The positional encoding is a ``lib.encodings.PositionalEncoding`` chosen by name,
 so RoPE, ALiBi, additive and state-carrying encodings share one attention implementation. A bias
-that is a function of positions (ALiBi's ``score_bias``) is added inside the kernel where that
-pays (``lib.encodings.bias_attention``: FlexAttention, or flash-attn's ``alibi_slopes``), and
-materialised as [H, T, T] otherwise (short CPU lengths, dropout, eager attention).
+that is a function of positions (ALiBi's ``score_bias``) is added inside the kernel
+(``lib.encodings.bias_attention``: ALiBi folded into causal SDPA as one more head dimension in
+float32, FlexAttention, or flash-attn's ``alibi_slopes``), and materialised as [H, T, T] only
+where none applies (eager attention, or no kernel for the dtype and length).
 
 The same shapes build as transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM``
 (``to_hf``) and weights copy across exactly (``copy_to_hf``), so results can be checked
@@ -263,7 +264,7 @@ class Attention(nn.Module):
         if self.capture or self.attn_impl == "eager":
             y = self._eager(q, k, v, bias, p)
         elif bias is None and has_score_bias(self.encoding):
-            # The model left the bias to the kernel (lib.encodings.flex: flex or flash-attn ALiBi).
+            # The model left the bias to the kernel (lib.encodings.flex: folded, flex or flash-attn).
             y = bias_attention(q, k, v, self.encoding, dropout_p=p, flash=self.attn_impl == "flash")
         elif self.attn_impl == "flash" and bias is None and q.is_cuda and (fa := load_flash_attn()):
             # flash-attn wants [B, T, H, D] in half precision.
@@ -394,7 +395,8 @@ class Transformer(nn.Module):
 
     def _kernel_bias(self, t: int, device) -> bool:
         """Whether the attention kernel adds the encoding's bias itself (``score_bias`` through
-        flex or flash-attn, ``lib.encodings.choose_bias_path``) rather than a materialised one."""
+        folded SDPA, flex or flash-attn, ``lib.encodings.choose_bias_path``) rather than a
+        materialised one."""
         c = self.config
         if not has_score_bias(self.encoding) or c.attn_impl == "eager" or any(b.attn.capture for b in self.blocks):
             return False
