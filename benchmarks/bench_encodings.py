@@ -7,11 +7,13 @@ noisy; ratios are what to read).
    row gives it precomputed cos/sin). Ratio = transformers time / ours (target >= 1.0).
 2. Each encoding's attention forward (hooks + SDPA) relative to RoPE, per sequence length.
 3. Attention throughput (tokens/s) vs length for RoPE.
-4. ALiBi through FlexAttention (``lib.encodings.bias_attention``, the path the model takes from
-   ``FLEX_MIN_TOKENS_CPU`` tokens) and through the materialised [H, T, T] bias, each paired with
-   RoPE (causal SDPA) per repeat: the per-repeat ratio ALiBi / RoPE (target <= 1.3x at 4,096
-   tokens), the one-time compile cost, and each contender's peak memory (the CPU allocator's
-   allocations during one forward, from torch's profiler) against length.
+4. ALiBi by each path of ``lib.encodings.bias_attention``: folded into causal SDPA (the path
+   the model takes in float32), FlexAttention (the path for any other position-function bias,
+   and for ALiBi where the folded rounding bound fails) and the materialised [H, T, T] bias, each
+   paired with RoPE (causal SDPA) per repeat: the per-repeat ratio ALiBi / RoPE (target <= 1.3x
+   at 4,096 tokens), flex's one-time compile cost, and each contender's peak memory (the CPU
+   allocator's allocations during one forward, from torch's profiler) against length. A fifth
+   row times forward + backward of folded ALiBi against RoPE's, as training runs it.
 
     python benchmarks/bench_encodings.py [--quick] [--threads N]
 """
@@ -32,7 +34,7 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_encodings.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import paired_times, peak_memory
-from lib.encodings import FLEX_MIN_TOKENS_CPU, bias_attention, build_encoding, flex_available
+from lib.encodings import FLEX_MIN_TOKENS_CPU, bias_attention, build_encoding, flex_available, folded_logit_error
 from lib.encodings import diagnostics as D
 
 
@@ -90,14 +92,25 @@ def _alibi_rows(t: int, repeats: int, batch: int, heads: int, head_dim: int) -> 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, t, head_dim, generator=gen) for _ in range(3))
     pos = torch.arange(t)
-    torch.testing.assert_close(bias_attention(q, k, v, alibi, path="materialised"),
-                               bias_attention(q, k, v, alibi, path="flex"), atol=2e-5, rtol=2e-5)
+    reference = bias_attention(q, k, v, alibi, path="materialised")
+    torch.testing.assert_close(bias_attention(q, k, v, alibi, path="flex"), reference, atol=2e-5, rtol=2e-5)
+    # The folded path rounds its logits by up to folded_logit_error (4e-5 at 4,096 tokens here).
+    tol = 2 * folded_logit_error(alibi, t, q.dtype)
+    torch.testing.assert_close(bias_attention(q, k, v, alibi, path="folded"), reference, atol=tol, rtol=tol)
 
     @torch.no_grad()
     def run_rope():
         return F.scaled_dot_product_attention(*rope.rotate(q, k, pos), v, is_causal=True)
 
-    fns = {"rope": run_rope}
+    qg, kg, vg = (z.clone().requires_grad_() for z in (q, k, v))
+
+    def train_rope():
+        F.scaled_dot_product_attention(*rope.rotate(qg, kg, pos), vg, is_causal=True).sum().backward()
+
+    def train_folded():
+        bias_attention(qg, kg, vg, alibi, path="folded").sum().backward()
+
+    fns = {"rope": run_rope, "alibi folded": torch.no_grad()(lambda: bias_attention(q, k, v, alibi, path="folded"))}
     if flex_available("cpu"):
         fns["alibi flex"] = torch.no_grad()(lambda: bias_attention(q, k, v, alibi, path="flex"))
     fns["alibi materialised"] = torch.no_grad()(lambda: bias_attention(q, k, v, alibi, path="materialised"))
@@ -108,6 +121,11 @@ def _alibi_rows(t: int, repeats: int, batch: int, heads: int, head_dim: int) -> 
                      "/ rope (median)": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                      "per repeat": " ".join(f"{r:.2f}" for r in ratios),
                      "peak MiB": peak_memory(fns[name]) / 2**20})
+    times = paired_times({"rope": train_rope, "alibi folded": train_folded}, repeats, steps=1, warmup=1)
+    ratios = [a / r for a, r in zip(times["alibi folded"], times["rope"], strict=True)]
+    rows.append({"seq_len": t, "contender": "alibi folded, fwd+bwd", "ms": 1e3 * statistics.median(times["alibi folded"]),
+                 "/ rope (median)": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                 "per repeat": " ".join(f"{r:.2f}" for r in ratios), "peak MiB": peak_memory(train_folded) / 2**20})
     return rows
 
 
@@ -158,8 +176,9 @@ def main() -> None:
     print(rope[["seq_len", "tokens_per_s"]].round(0).to_string(index=False))
 
     lens = (1024, 4096) if args.quick else (1024, 2048, 4096)
-    print(f"\n4. ALiBi by FlexAttention and by the materialised bias vs RoPE (B2 H4 D64, no grad; "
-          f"the model takes flex from {FLEX_MIN_TOKENS_CPU} tokens on CPU)")
+    print("\n4. ALiBi folded into SDPA, by FlexAttention and by the materialised bias vs RoPE (B2 H4 D64, no grad "
+          "but the last row; in float32 the model takes the folded path, flex where its rounding bound fails "
+          f"from {FLEX_MIN_TOKENS_CPU} tokens on CPU)")
     if flex_available("cpu"):
         print(f"   first flex call at a new length (compile): {flex_compile_seconds(1536):.1f} s")
     frame = pd.DataFrame(alibi_paths(lens, repeats))
