@@ -34,7 +34,13 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_encodings.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import paired_times, peak_memory
-from lib.encodings import FLEX_MIN_TOKENS_CPU, bias_attention, build_encoding, flex_available, folded_logit_error
+from lib.encodings import (
+    FLEX_MIN_TOKENS_CPU,
+    bias_attention,
+    build_encoding,
+    flex_available,
+    folded_logit_error,
+)
 from lib.encodings import diagnostics as D
 
 
