@@ -73,7 +73,6 @@ class UpdateBasis:
         self.u = torch.zeros(n, device=device, dtype=torch.float32)
         self.m = torch.zeros_like(self.u)
         self.scratch = torch.zeros_like(self.u)
-        self._sizes_t = torch.tensor(self.sizes, device=device)
         self.n_updates = 0  # applied updates folded into m (for bias correction)
 
     @property
@@ -135,9 +134,12 @@ class UpdateBasis:
         c = torch.as_tensor(np.asarray(coefficients, dtype=np.float32), device=self.u.device)
         if c.shape != (self.n_tensors, 2):
             raise ValueError(f"coefficients must have shape ({self.n_tensors}, 2), got {tuple(c.shape)}")
-        a = torch.repeat_interleave(c[:, 0], self._sizes_t)
-        out = a.mul_(self.u)
-        out.addcmul_(torch.repeat_interleave(c[:, 1], self._sizes_t), self.m)
+        out = torch.empty_like(self.u)
+        # Tensor by tensor with scalar coefficients: spreading them over the weights first
+        # (repeat_interleave) costs 6x as much on a CPU.
+        for o, u, m, (a, b) in zip(out.split(self.sizes), self.u.split(self.sizes), self.m.split(self.sizes),
+                                   c.tolist()):
+            torch.mul(u, a, out=o).add_(m, alpha=b)
         return out
 
     def apply(self, delta: Tensor) -> float:

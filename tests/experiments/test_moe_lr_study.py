@@ -7,6 +7,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from lib.core import verdict
@@ -46,7 +47,7 @@ def test_config_values_are_checked_like_everywhere_else(tmp_path):
     bad = [("seed", True), ("seed", 1.0), ("seed", -1), ("steps", 0), ("steps", 6.0), ("d_model", "64"),
            ("lr", 0.0), ("lr", float("nan")), ("lr", True), ("floor", 1.0), ("warmup", -0.1),
            ("grad_clip", 0.0), ("adamw_lr", -1e-3), ("weight_decay", -0.1), ("mlp", "dense"),
-           ("eval_batches", 0), ("threads", None)]
+           ("eval_batches", 0), ("threads", None), ("ns_dtype", "fp16"), ("ns_dtype", None)]
     for key, value in bad:
         with pytest.raises(ValueError, match=key):
             studies.study_config(**{key: value})
@@ -57,6 +58,20 @@ def test_config_values_are_checked_like_everywhere_else(tmp_path):
             studies.lr_grid(**kwargs)
     with pytest.raises(ValueError, match="workers"):
         studies.run_study(RunStore(tmp_path / "runs.sqlite"), "s", [], workers=0)
+
+
+def test_ns_dtype_reaches_newton_schulz(monkeypatch):
+    """A config's ``ns_dtype`` names the dtype ExpertMuon orthogonalises in ("auto": fp32 here)."""
+    import lib.training.optim as optim
+
+    seen = []
+    real = optim.newton_schulz
+    monkeypatch.setattr(optim, "newton_schulz", lambda g, *a: seen.append(a[-1]) or real(g, *a))
+    for name, dtype in (("bfloat16", torch.bfloat16), ("auto", torch.float32)):
+        seen.clear()
+        studies.run_config({**TINY, "steps": 1, "ns_dtype": name})
+        assert seen and set(seen) == {dtype}
+    assert studies.SMOKE["base"]["ns_dtype"] == "bfloat16"   # the full profile's GPU dtype
 
 
 def test_dense_equivalent_matches_active_parameters():

@@ -19,6 +19,7 @@ from lib.predictive import (
     LinearPredictor,
     NullPredictor,
     Observation,
+    PerWeightNet,
     PerWeightPredictor,
     Predictor,
     UpdateBasis,
@@ -527,6 +528,46 @@ def test_perweight_starts_as_linear_extrapolation_and_learns_a_decelerating_traj
     assert 0.0 <= pred.confidence() <= 1.0 and pred.nbytes > 0
 
 
+def test_perweight_net_forecasts_in_chunks_what_its_forward_gives():
+    net = PerWeightNet(5)
+    torch.nn.init.normal_(net.net[-1].weight)   # a trained-looking output layer, not the zero one
+    x = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
+    out = net.forecast(x, rows=77)
+    assert out.shape == (1000,) and not out.requires_grad
+    torch.testing.assert_close(out, net(x).detach())
+
+
+def test_perweight_scores_its_confidence_on_a_sample_of_weights_within_its_noise():
+    """The confidence's relative error of an untrained predictor (its forecast is jump x the last
+    update, exactly) against the closed form over all weights: exact when the model has at most
+    ``score_samples`` weights, within a few percent from a 4,096-weight sample otherwise."""
+    g = torch.Generator().manual_seed(1)
+    n = 60_000
+    decay, direction = torch.rand(n, generator=g) * 0.3 + 0.7, torch.randn(n, generator=g)
+
+    def drive(pred):
+        params = [torch.zeros(n)]
+        basis = UpdateBasis(params)
+        pred.bind(basis)
+        for t in range(12):
+            basis.snapshot()
+            with torch.no_grad():
+                params[0].add_(decay ** t * direction)
+            dots = basis.real_update()
+            pred.observe(Observation(step=t, loss=1.0, lr_mult=1.0, gap=1, coefficients=fit_coefficients(dots),
+                                     update_norms=np.sqrt(dots["dd"]), grad_norms=np.ones(1)))
+        pred.fit()
+        return pred
+
+    exact = drive(PerWeightPredictor(history=2, every=1, jump=10, score_samples=n))
+    i = exact._examples()[-1]
+    target = exact.snapshots[i + 10][1] - exact.snapshots[i][1]
+    closed = float((10 * exact.snapshots[i][2] - target).norm() / target.norm())
+    assert exact.error == pytest.approx(closed, rel=1e-5)
+    sampled = drive(PerWeightPredictor(history=2, every=1, jump=10, score_samples=4096))
+    assert sampled.error != exact.error and sampled.error == pytest.approx(closed, rel=0.05)
+
+
 def test_perweight_applies_one_jump_and_keeps_its_real_progress_coordinate():
     pred = PerWeightPredictor(history=2, every=2, jump=10)
     params, basis, _ = _trajectory(pred, 30, lambda t: 0.01)
@@ -544,7 +585,7 @@ def test_perweight_applies_one_jump_and_keeps_its_real_progress_coordinate():
     # The next snapshot subtracts the jump: R still advances by the real updates only.
     assert pred.snapshots[-1][0] == 30
     for kwargs, name in ((dict(jump=5), "jump"), (dict(jump=12, every=5), "jump"), (dict(history=1), "history"),
-                         (dict(lr=0.0), "lr")):
+                         (dict(lr=0.0), "lr"), (dict(score_samples=0), "score_samples")):
         with pytest.raises(ValueError, match=name):
             PerWeightPredictor(**kwargs)
     with pytest.raises(ValueError, match="basis"):
