@@ -49,6 +49,7 @@ from lib.core.runtime import (
     autocast,
     data_dir,
     describe_environment,
+    discard_pool,
     figures_dir,
     keyed_rng,
     pick_device,
@@ -56,6 +57,7 @@ from lib.core.runtime import (
     profile_settings,
     repo_root,
     seed_everything,
+    worker_pool,
 )
 from lib.core.stats import (
     decide_difference,
@@ -80,6 +82,8 @@ __all__ = [
     "pick_device",
     "seed_everything",
     "process_map",
+    "worker_pool",
+    "discard_pool",
     "keyed_rng",
     "autocast",
     "profile_settings",

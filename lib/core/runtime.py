@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,13 +128,73 @@ def process_map(fn: Callable, items: Iterable[tuple], workers: int = 1, threads:
     items = [tuple(item) for item in items]
     if workers == 1 or len(items) <= 1:
         return [fn(*item) for item in items]
+    if initializer is None:
+        pool = worker_pool(workers, threads)
+        try:
+            return list(pool.map(fn, *zip(*items)))
+        except BaseException:  # a dead worker or an interrupt: its jobs must not outlive this call
+            discard_pool(pool)
+            raise
+    # An initializer gives the processes state of this call's own: a pool of their own.
+    with _new_pool(min(workers, len(items)), threads, initializer, initargs) as pool:
+        return list(pool.map(fn, *zip(*items)))
+
+
+# Pools of spawned processes, kept for the rest of this process: a spawned process spends ~3 s
+# importing torch and the workbench, more than a notebook's small runs take, and a notebook
+# starts one sweep after another. A pool serves only callers that would spawn the same processes
+# (same environment variables, working directory and import path).
+_POOLS: dict[tuple, Any] = {}
+
+
+def _new_pool(workers: int, threads: int | None, initializer: Callable | None = None, initargs: tuple = ()):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: a forked child would inherit this process's torch threads and locks.
-    with ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_process, initargs=(threads, initializer, initargs)) as pool:
-        return list(pool.map(fn, *zip(*items)))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_process, initargs=(threads, initializer, initargs))
+
+
+def worker_pool(workers: int, threads: int | None = None):
+    """A ``concurrent.futures.ProcessPoolExecutor`` of ``workers`` spawned processes, each on
+    ``threads`` torch threads (None: torch's default), shared by every call in this process that
+    asks for the same pair, so its processes start once. ``discard_pool`` ends one (a job that
+    must be stopped, a worker that died); a changed environment gets a new one."""
+    workers = check_int("workers", workers, 1)
+    if threads is not None:
+        threads = check_int("threads", threads, 1)
+    key = (workers, threads)
+    spawned_as = (tuple(sorted(os.environ.items())), os.getcwd(), tuple(sys.path))
+    held = _POOLS.get(key)
+    if held is not None and held[1] != spawned_as:
+        discard_pool(held[0])
+        held = None
+    if held is None:
+        if not _POOLS:
+            import atexit
+
+            atexit.register(_close_pools)
+        held = _POOLS[key] = (_new_pool(workers, threads), spawned_as)
+    return held[0]
+
+
+def _close_pools() -> None:
+    """At exit: idle pools shut down in order (left to the garbage collector, they complain)."""
+    for pool, _ in list(_POOLS.values()):
+        discard_pool(pool)
+
+
+def discard_pool(pool) -> None:
+    """Stop a ``worker_pool``'s processes now, running jobs included, and forget the pool."""
+    for key, (held, _) in list(_POOLS.items()):
+        if held is pool:
+            del _POOLS[key]
+    # The executor stops idle workers only; a running job would go on claiming runs. Python 3.14
+    # has terminate_workers(); before it, the executor's process table is the only handle.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def autocast(device) -> contextlib.AbstractContextManager:

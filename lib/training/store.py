@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import socket
@@ -56,7 +55,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lib.core import check_bool, check_choice, check_int, check_positive, data_dir
+from lib.core import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive,
+    data_dir,
+    discard_pool,
+    worker_pool,
+)
 from lib.training.executors import EXECUTORS, check_ray_options, run_on_ray
 from lib.training.tensorboard import run_logdir, runs_dir
 
@@ -551,32 +558,32 @@ def _sweep_worker(path: str, sweep: str, configs: list[dict], run_fn: Callable[[
 def _run_in_processes(store: RunStore, sweep: str, configs: list[dict], run_fn: Callable[[dict], Any],
                       workers: int, *, retry_failed: bool, steal: bool, log_dir: Path | None,
                       progress: bool) -> None:
-    """Start ``workers`` spawned processes on ``store`` and wait for them, with a progress bar
-    over the sweep's done runs (read from the store)."""
+    """Run ``workers`` sweep workers on ``store`` in this process's shared pool of spawned
+    processes (``lib.core.worker_pool``: started once, not per sweep) and wait for them, with a
+    progress bar over the sweep's done runs (read from the store)."""
+    from concurrent.futures import wait
+
     from tqdm.auto import tqdm
 
-    ctx = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     args = (str(store.path), sweep, configs, run_fn, retry_failed, steal,
             None if log_dir is None else str(log_dir), max(1, cores // workers))
-    procs = [ctx.Process(target=_sweep_worker, args=args, daemon=True) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
+    pool = worker_pool(workers)
     bar = tqdm(total=len(configs), desc=f"{sweep} ({workers} processes)", disable=not progress)
     try:
-        while any(proc.is_alive() for proc in procs):
-            for proc in procs:
-                proc.join(timeout=0.5)
+        jobs = [pool.submit(_sweep_worker, *args) for _ in range(workers)]
+        while wait(jobs, timeout=0.5).not_done:
             done = sum(st == "done" for st in store.states(sweep, configs).values())
             bar.update(done - bar.n)
+    except BaseException:  # interrupted: what the workers held is a dead process's claim, rerun next call
+        discard_pool(pool)
+        raise
     finally:
-        for proc in procs:
-            if proc.is_alive():  # interrupted: what they held is a dead process's claim, rerun next call
-                proc.terminate()
         bar.close()
-    failed = [proc.exitcode for proc in procs if proc.exitcode != 0]
+    failed = [repr(job.exception()) for job in jobs if job.exception() is not None]
     if failed:
-        warnings.warn(f"{len(failed)} of {workers} sweep processes exited with codes {failed}; this process "
+        discard_pool(pool)  # a worker that died breaks the pool for every later sweep
+        warnings.warn(f"{len(failed)} of {workers} sweep processes failed ({'; '.join(failed)}); this process "
                       "runs what they left", RuntimeWarning, stacklevel=3)
 
 

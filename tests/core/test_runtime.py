@@ -106,3 +106,32 @@ def test_process_map_keeps_order_runs_elsewhere_and_sets_threads():
 
 def _job(i):  # module level, so a spawned process can import it
     return i * i, os.getpid(), torch.get_num_threads()
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_worker_pools_start_once_and_are_replaced_when_the_environment_changes(monkeypatch):
+    """A second process_map reuses the first one's processes; a new environment variable (which a
+    spawned process reads at start) gets new ones; discard_pool stops a running job at once."""
+    jobs = [(i,) for i in range(4)]
+    first = {r[1] for r in runtime.process_map(_job, jobs, workers=2, threads=1)}
+    again = {r[1] for r in runtime.process_map(_job, jobs, workers=2, threads=1)}
+    assert again <= first and runtime.worker_pool(2, 1) is runtime.worker_pool(2, 1)
+    old = runtime.worker_pool(2, 1)
+    monkeypatch.setenv("WORKBENCH_TEST_POOL", "1")
+    assert runtime.worker_pool(2, 1) is not old
+    assert not {r[1] for r in runtime.process_map(_job, jobs, workers=2, threads=1)} & first
+    pool = runtime.worker_pool(2, 1)
+    running = pool.submit(_sleep, 60)
+    assert pool.submit(_sleep, 0).result(timeout=60) > 0   # the processes are up
+    import time
+
+    start = time.perf_counter()
+    runtime.discard_pool(pool)
+    assert time.perf_counter() - start < 10 and running.done()
+    assert runtime.worker_pool(2, 1) is not pool

@@ -381,6 +381,25 @@ def test_workers_run_a_sweep_in_other_processes_with_the_same_results(tmp_path):
     assert pids("one.sqlite") == {os.getpid()} and os.getpid() not in pids("two.sqlite")
 
 
+def _die_in_a_worker(config):
+    """A run_fn whose worker process dies on config 1 (the sweep-up in the parent runs it)."""
+    import multiprocessing
+
+    if config["seed"] == 1 and multiprocessing.parent_process() is not None:
+        os._exit(3)
+    return dict(config)
+
+
+def test_a_dead_worker_is_reported_its_runs_swept_up_and_the_next_sweep_gets_new_processes(tmp_path):
+    configs = [{"seed": i} for i in range(4)]
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.warns(RuntimeWarning, match="sweep processes failed"):
+        df = run_sweep(store, "s", configs, _die_in_a_worker, progress=False, workers=2)
+    assert (df["status"] == "done").all() and len(df) == 4
+    later = run_sweep(store, "t", configs, dict, progress=False, workers=2)
+    assert (later["status"] == "done").all() and later["metrics.seed"].tolist() == [0, 1, 2, 3]
+
+
 def test_workers_refuse_a_run_fn_a_process_cannot_import_and_a_ray_sweep(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     with pytest.raises(ValueError, match="workers=2 needs run_fn to be a module-level function"):
