@@ -66,7 +66,7 @@ from lib.data import synthetic_corpus
 from lib.models import ModelConfig, Transformer
 from lib.scaling import PlannedRun, run_flops_per_token
 from lib.schedules import Constant, Schedule, build
-from lib.training import RunStore, TrainConfig, load_checkpoint, make_run_id, run_sweep, train
+from lib.training import RunStore, TrainConfig, make_run_id, run_sweep, train
 
 __all__ = [
     "QUICK", "FULL", "SMOKE", "ARMS", "BASELINE", "BRANCHED", "HAGELE_ARM",
@@ -295,8 +295,10 @@ def run_config(config: dict[str, Any], checkpoint_dir: str | os.PathLike | None 
     if config["branched"]:
         if checkpoint_dir is None:
             raise ValueError("a branched run needs a checkpoint_dir for its stable-phase checkpoints")
-        resume_from = _trunk_checkpoint(config, branch_step(config["arm"], steps), Path(checkpoint_dir))
-        start, trunk = int(load_checkpoint(resume_from)["step"]), _trunk_id(config)
+        # The trunk checkpoint holds exactly its branch step: _trunk_checkpoint only publishes a
+        # stable phase that trained to it.
+        start, trunk = branch_step(config["arm"], steps), _trunk_id(config)
+        resume_from = _trunk_checkpoint(config, start, Path(checkpoint_dir))
     # checkpoint_every=0: the cooldown reads the stable-phase checkpoint and never writes it.
     extra = {"checkpoint_path": str(resume_from), "checkpoint_every": 0, "resume": True,
              "resume_changed_config": True} if resume_from is not None else {}

@@ -38,11 +38,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable, corrupt, foreign, or does not fit the current run."""
 
 
-def _serialize(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` (tensors, plain containers, numbers, strings) to ``path`` atomically,
@@ -51,9 +46,12 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
         raise ValueError(f"payload must be a mapping, got {type(payload).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = _serialize(dict(payload))
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    # The tensor views the buffer's own bytes: hashing and wrapping copy nothing.
+    blob = buf.getbuffer()
     envelope = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
-                "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+                "payload": torch.frombuffer(blob, dtype=torch.uint8)}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -97,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     blob, digest = envelope.get("payload"), envelope.get("sha256")
     if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8 or not isinstance(digest, str):
         raise CheckpointError(f"checkpoint {path} has a malformed envelope (payload or sha256 missing)")
-    data = blob.numpy().tobytes()
+    data = memoryview(blob.numpy())  # the loaded bytes themselves, hashed without a copy
     actual = hashlib.sha256(data).hexdigest()
     if actual != digest:
         raise CheckpointError(f"checkpoint {path} is corrupt: its payload hashes to SHA-256 {actual[:16]}..., "

@@ -24,26 +24,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from lib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+# torch.distributed's fsdp, tensor and checkpoint packages cost ~0.5 s to import, paid by every
+# notebook kernel and worker process although only a parallel='fsdp' run uses them: each
+# function imports what it needs.
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 __all__ = ["PARALLEL", "META_FILE", "mixed_precision_policy", "shard_model", "is_sharded",
            "clip_sharded_grad_norm", "sharded_checkpoint_exists", "save_sharded_checkpoint",
@@ -58,6 +55,8 @@ def mixed_precision_policy(device: torch.device | str) -> MixedPrecisionPolicy:
     """bf16 compute with fp32 gradient reduction on CUDA (the reduction sums world-many
     gradients, where bf16's 8-bit mantissa would lose the small ones); the parameters' own dtype
     elsewhere, since CPUs gain nothing from bf16 matmuls and gloo reduces in fp32 anyway."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
     if torch.device(device).type == "cuda":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
@@ -65,7 +64,8 @@ def mixed_precision_policy(device: torch.device | str) -> MixedPrecisionPolicy:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether ``model`` has been through ``fully_shard`` (``shard_model``)."""
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing can be sharded yet
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def _units(model: nn.Module) -> list[nn.Module]:
@@ -83,6 +83,9 @@ def shard_model(model: nn.Module, device: torch.device | str | None = None,
 
     ``device`` (default: where the parameters are) picks the mesh and ``mp_policy`` (default
     ``mixed_precision_policy(device)``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if not (dist.is_available() and dist.is_initialized()):
@@ -105,6 +108,8 @@ def shard_model(model: nn.Module, device: torch.device | str | None = None,
 def clip_sharded_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     """``clip_grad_norm_`` over sharded gradients; returns the global norm as a float (each rank
     holds part of the norm, so it is reduced across ranks before it is read)."""
+    from torch.distributed.tensor import DTensor
+
     norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm)
     return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
 
@@ -137,6 +142,9 @@ def save_sharded_checkpoint(path: str | os.PathLike, model: nn.Module,
     """Every rank calls this together: the model's and optimizers' shards go to a new shard
     folder, then rank 0 writes ``meta`` (plain data) to ``meta.pt`` atomically, naming that
     folder, and removes the older ones. Returns the folder ``path``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     path = _check_folder(Path(path))
     if not isinstance(meta, Mapping):
         raise ValueError(f"meta must be a mapping, got {type(meta).__name__}")
@@ -176,6 +184,9 @@ def load_sharded_state(path: str | os.PathLike, meta: Mapping[str, Any], model: 
     """Every rank calls this together: load the shards named by ``meta`` (``load_sharded_meta``)
     into ``model`` and ``optimizers`` in place. A model or optimizer of another shape is a
     ``CheckpointError`` naming the folder."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     shards = Path(path) / str(meta["shards"])
     try:
         model_sd, optim_sd = get_state_dict(model, list(optimizers))
@@ -193,4 +204,6 @@ def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     dict on the others). An unsharded model gives its own ``state_dict``."""
     if not is_sharded(model):
         return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
