@@ -109,11 +109,12 @@ FULL = dict(d_model=256, n_layers=6, n_heads=8, seq_len=256, batch_size=32, step
             eval_every=25, eval_batches=16, horizon=20, anchor_every=100, train_tokens=20_000_000,
             jump=20, snapshot_every=10, history=4, threads=None, workers=1)
 # The full profile cut to a CPU smoke run: its model shapes, arms, LR grid ends and code paths,
-# 34 steps of one sequence, 2 seeds, phases short enough that every predictor (the per-weight
-# one's single jump included) gets to predict. Two single-threaded workers: two workers at
+# 30 steps of one sequence, 2 seeds, phases short enough that every predictor (the per-weight
+# one's single jump included; the gated RSSM in the higher-LR runs, where its confidence clears
+# the gate) gets to predict. Two single-threaded workers: two workers at
 # torch's default thread count oversubscribe a 2-core CPU and ran the protocol 7x slower.
-SMOKE = dict(steps=34, batch_size=1, lrs=(5e-4, 2e-3), warmup_steps=10, full_steps=4, max_predict_steps=4,
-             correct_steps=4, eval_every=17, eval_batches=1, eval_batch_size=2, seeds=(0, 1), horizon=10,
+SMOKE = dict(steps=30, batch_size=1, lrs=(5e-4, 2e-3), warmup_steps=6, full_steps=4, max_predict_steps=4,
+             correct_steps=4, eval_every=15, eval_batches=1, eval_batch_size=2, seeds=(0, 1), horizon=10,
              anchor_every=10, train_tokens=200_000, jump=10, snapshot_every=2, history=2, workers=2, threads=1)
 
 
