@@ -5,6 +5,8 @@
    weights, with its "eager" and "grouped_mm" ``experts_implementation``; ratio ours / Mixtral
    (target >= 1.5x on CPU against eager). Also the cost a ParameterList layout would add:
    stacking the expert matrices at every forward (and un-stacking the gradient in backward).
+   And whether ``auto``'s measured choice is within 5% of the fastest path (``choice_check``,
+   with ``auto`` against the path it ran as the A/A control).
 2. Optimizer step time of Muon (``lib.training.optim.ExpertMuon``, Newton-Schulz in fp32 on CPU, and
    in bf16 as torch does) + AdamW vs AdamW alone on a small MoE transformer.
 
@@ -24,7 +26,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_moe.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import paired_ratio, paired_times, record
+from benchmarks.common import choice_check, paired_ratio, paired_times, record
 from lib.core import pick_device
 from lib.models import ModelConfig, MoEFeedForward, Transformer, to_hf_mixtral_block
 from lib.training import build_optimizers
@@ -79,6 +81,8 @@ def layer_throughput(shape: str, repeats: int, steps: int, device) -> dict[str, 
     out["ratio_eager"] = paired_ratio(times, "lib.models.moe (auto)", "Mixtral (eager)")
     out["ratio_grouped"] = paired_ratio(times, "lib.models.moe (auto)", "Mixtral (grouped_mm)")
     out["auto_path"] = layers["lib.models.moe (auto)"].last_dispatch
+    paths = [f"lib.models.moe ({mode})" for mode in ("padded", "grouped", "sorted")]
+    out["choice"] = choice_check(times, "lib.models.moe (auto)", f"lib.models.moe ({out['auto_path']})", paths)
     floor = record(fns["lib.models.moe (grouped)"])
     out["floor_s"] = floor.replay_seconds(repeats=repeats, device=device)
     out["gemm_flops"] = floor.gemm_flops
@@ -138,6 +142,16 @@ def main(argv=None) -> None:
     (med, lo, hi), (gmed, glo, ghi) = res["ratio_eager"], res["ratio_grouped"]
     print(f"speed-up lib.models.moe (auto, ran {res['auto_path']!r}) / Mixtral eager: {med:.2f}x (per-repeat {lo:.2f}-{hi:.2f}; "
           f"target >= 1.5x on CPU); / Mixtral grouped_mm: {gmed:.2f}x ({glo:.2f}-{ghi:.2f})")
+    choice = res["choice"]
+    per_path = ", ".join(f"{name.split('(')[1][:-1]} {r:.3f} [{lo:.3f}, {hi:.3f}]"
+                         for name, (r, lo, hi) in choice["ratios"].items())
+    print(f"auto's choice: time auto / each path, geometric mean [95% CI] over {repeats} paired repeats: "
+          f"{per_path}; the A/A pair (auto / {res['auto_path']}, the same kernels plus auto's lookup) resolves "
+          f"+/-{choice['resolution']:.1%}; target auto <= 1.05x the best path: {choice['verdict']}")
+    if choice["pick"] is not None:
+        rival, r, lo, hi = choice["pick"]
+        print(f"the picked path's own row / the fastest other path ({rival.split('(')[1][:-1]}): "
+              f"{r:.3f} [{lo:.3f}, {hi:.3f}]")
     print(f"kernel floor: the layer's routed GEMMs alone ({res['gemm_flops'] / 1e9:.2f} GFLOP, "
           f"{res['gemm_flops'] / res['floor_s'] / 1e9:.0f} GFLOP/s as grouped_mm) take {res['floor_s'] * 1e3:.2f} ms "
           f"= {res['floor_s'] / res['ours_s']:.0%} of the grouped layer, {res['floor_s'] / res['auto_s']:.0%} of auto; "

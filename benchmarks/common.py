@@ -3,6 +3,9 @@
 - ``paired_times`` runs competing functions interleaved, repeat after repeat, so drift on a
   shared machine hits all of them alike; ``paired_ratio`` summarises one pair as the median of
   the per-repeat ratios with their spread (min..max), not a ratio of two medians.
+- ``choice_check`` asks whether a measured choice (the MoE dispatch, the projection split) is
+  within a slack of every implementation it could have picked, against an A/A control (the
+  picked implementation timed as its own contender): "met", "not met" or "cannot decide".
 - ``KernelFloor`` records the heavy kernels (matrix multiplies and fused attention) one call
   of a function launches, forward and backward, through a ``TorchDispatchMode``, and replays
   exactly those calls with the same tensors. The replay's time is the floor of any
@@ -14,13 +17,16 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from lib.core import t_interval
 
 aten = torch.ops.aten
 
@@ -43,15 +49,19 @@ def sync(device: torch.device | str | None = None) -> None:
 
 def paired_times(fns: dict[str, Callable[[], object]], repeats: int, steps: int,
                  device: torch.device | str | None = None, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each function, one entry per repeat; functions run interleaved."""
+    """Seconds per call of each function, one entry per repeat; functions run interleaved, each
+    round starting one function later than the last (A B C, B C A, C A B, ...), so no function
+    always runs first in a round or right after the same neighbour."""
     if repeats < 1 or steps < 1:
         raise ValueError(f"repeats and steps must be >= 1, got {repeats}, {steps}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeats):
+        shift = r % len(order)
+        for k, fn in order[shift:] + order[:shift]:
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
@@ -66,6 +76,50 @@ def paired_ratio(times: dict[str, list[float]], faster: str, slower: str) -> tup
     (median, min, max)."""
     ratios = [s / f for f, s in zip(times[faster], times[slower], strict=True)]
     return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def choice_check(times: dict[str, list[float]], chosen: str, control: str, alternatives: Sequence[str],
+                 slack: float = 0.05, confidence: float = 0.95) -> dict:
+    """Whether a measured choice is within ``slack`` of the fastest alternative, from paired repeats.
+
+    ``times`` (``paired_times``) holds ``chosen`` (the choice as it runs, e.g. ``auto``),
+    ``control`` (the implementation it picked, run as a separate contender: the same kernels,
+    so their ratio is an A/A comparison) and ``alternatives`` (every implementation it could
+    have picked, ``control`` among them). For each alternative the per-repeat ratio
+    ``time_chosen / time_alternative`` is summarised as the geometric mean with its Student-t
+    interval (on the log ratios). The A/A interval's half-width is the smallest difference the
+    noise of this run resolves (it also holds the choice's own overhead: looking up its cached
+    pick). Returns ``{"ratios": {alternative: (ratio, low, high)}, "aa": (ratio, low, high),
+    "resolution": fraction, "pick": (fastest other alternative, ratio, low, high) of ``control``
+    against it (None without one), "verdict": "met" | "not met" | "cannot decide"}``: met when
+    every upper bound is at most ``1 + slack``, not met when some lower bound exceeds it,
+    otherwise the noise cannot tell."""
+    if control not in alternatives:
+        raise ValueError(f"control must be one of alternatives {list(alternatives)}, got {control!r}")
+    missing = [k for k in (chosen, *alternatives) if k not in times]
+    if missing:
+        raise ValueError(f"times has no entries for {missing}")
+
+    def ratio(one: str, other: str) -> tuple[float, float, float]:
+        logs = [math.log(a / b) for a, b in zip(times[one], times[other], strict=True)]
+        mean, half = t_interval(logs, confidence)
+        return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+    ratios = {alt: ratio(chosen, alt) for alt in alternatives}
+    bound = 1.0 + slack
+    if any(low > bound for _, low, _ in ratios.values()):
+        verdict = "not met"
+    elif all(high <= bound for _, _, high in ratios.values()):
+        verdict = "met"
+    else:  # includes too few repeats for an interval (NaN bounds)
+        verdict = "cannot decide"
+    aa = ratios[control]
+    others = [alt for alt in alternatives if alt != control]
+    pick = None
+    if others:  # the picked implementation's own row against the fastest other one
+        rival = min(others, key=lambda alt: statistics.median(times[alt]))
+        pick = (rival, *ratio(control, rival))
+    return {"ratios": ratios, "aa": aa, "resolution": (aa[2] - aa[1]) / 2, "pick": pick, "verdict": verdict}
 
 
 class KernelFloor(TorchDispatchMode):

@@ -1,5 +1,8 @@
 """The benchmarks' measuring instruments (kernel-floor recorder, paired ratios) and a run of the scripts."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -66,7 +69,7 @@ def test_bench_scripts_run_end_to_end(capsys):
     bench_moe.main(["--shape", "study", "--repeats", "1", "--no-optimizer"])
     out = capsys.readouterr().out
     for line in ("throughput ratio ours/llama", "step-memory ratio", "speed-up lib.models.moe (auto",
-                 "kernel floor"):
+                 "kernel floor", "auto's choice", "target auto <= 1.05x the best path: cannot decide"):
         assert line in out
     assert "optimizer step" not in out  # --no-optimizer
     assert "batch=2 " in out
@@ -104,3 +107,33 @@ def test_gpu_table_code_path_runs_on_cpu():
                                                        ("moe", "ours eager")]
     for r in rows:
         assert r["tokens_per_s"] == pytest.approx(2 * 64 / (r["ms_per_step"] / 1e3)) and r["mfu"] is None
+
+
+def test_choice_check_decides_only_what_the_noise_resolves():
+    from scipy import stats
+
+    from benchmarks.common import choice_check
+
+    rng = np.random.default_rng(0)
+    noise = np.exp(rng.normal(0, 0.01, size=(3, 12)))
+    drift = np.linspace(1.0, 2.0, 12)  # machine load moves every contender of a round alike
+    base = {"auto": drift * noise[0], "a": drift * noise[1], "b": 1.5 * drift * noise[2]}
+    met = choice_check(base, "auto", "a", ["a", "b"])
+    assert met["verdict"] == "met" and met["pick"][0] == "b" and met["pick"][1] < 0.7
+    logs = np.log(base["auto"] / base["a"])   # the A/A interval: scipy's t interval on the log ratios
+    low, high = stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+    assert met["aa"] == pytest.approx((math.exp(logs.mean()), math.exp(low), math.exp(high)))
+    slow = {**base, "auto": 1.2 * base["auto"]}                    # 20% above the picked path
+    assert choice_check(slow, "auto", "a", ["a", "b"])["verdict"] == "not met"
+    noisy = {**base, "auto": base["a"] * np.exp(rng.normal(0.03, 0.2, 12))}
+    assert choice_check(noisy, "auto", "a", ["a", "b"])["verdict"] == "cannot decide"
+    one = {k: v[:1] for k, v in base.items()}                      # one repeat: no interval
+    assert choice_check(one, "auto", "a", ["a", "b"])["verdict"] == "cannot decide"
+    with pytest.raises(ValueError, match="control"):
+        choice_check(base, "auto", "c", ["a", "b"])
+
+
+def test_paired_times_rotates_the_order_of_each_round():
+    calls = []
+    paired_times({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, steps=1, warmup=0)
+    assert "".join(calls) == "abcbcacab"

@@ -81,10 +81,10 @@ def _key(key: tuple[Hashable, ...]) -> str:
 
 def _load() -> None:
     global _LOADED_FROM
-    path = _cache_path()
-    if path is None or _LOADED_FROM == str(path):
+    raw = os.environ.get(CACHE_ENV)  # compared as text: every auto forward passes here
+    if not raw or raw == _LOADED_FROM:
         return
-    _LOADED_FROM = str(path)
+    _LOADED_FROM, path = raw, Path(raw)
     if path.exists():
         try:
             _CHOICES.update({str(k): str(v) for k, v in json.loads(path.read_text()).items()})

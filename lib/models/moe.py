@@ -54,6 +54,8 @@ its own matrix through ``lib.training.optim.ExpertMuon``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -72,6 +74,12 @@ MIXTRAL_EXPERTS_IMPLS = ("eager", "grouped_mm", "batched_mm")
 def grouped_mm_available(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
     """Whether ``torch._grouped_mm`` can run for ``device``/``dtype`` in this torch build."""
     device = torch.device(device)
+    return _grouped_mm_available(device.type, device.index, dtype)
+
+
+@functools.lru_cache(maxsize=None)  # asked on every "auto" forward; the answer is per device
+def _grouped_mm_available(device_type: str, index: int | None, dtype: torch.dtype) -> bool:
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     if not hasattr(torch, "_grouped_mm") or dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
     if device.type == "cpu":
