@@ -47,21 +47,41 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` contenders in which each one directly follows every other equally often
+    (a Williams design: ``n`` rows for even ``n``, ``2 n`` for odd), and each one runs first in
+    as many rows as any other. A contender's cost depends on what ran just before it (caches, the
+    allocator's free lists), so the orders must balance predecessors, not only positions: a
+    cyclic rotation keeps every contender behind the same neighbour."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    rows = [[(i + r) % n for i in first] for r in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def paired_times(fns: dict[str, Callable[[], object]], repeats: int, steps: int,
                  device: torch.device | str | None = None, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each function, one entry per repeat; functions run interleaved, each
-    round starting one function later than the last (A B C, B C A, C A B, ...), so no function
-    always runs first in a round or right after the same neighbour."""
+    """Seconds per call of each function, one entry per repeat; functions run interleaved, round
+    ``r`` in the order ``balanced_orders(len(fns))[r % len(...)]``, so that over a whole cycle of
+    rounds every function runs first, and right after each other function, equally often."""
     if repeats < 1 or steps < 1:
         raise ValueError(f"repeats and steps must be >= 1, got {repeats}, {steps}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
+    items = list(fns.items())
+    orders = balanced_orders(len(items))
     for r in range(repeats):
-        shift = r % len(order)
-        for k, fn in order[shift:] + order[:shift]:
+        for i in orders[r % len(orders)]:
+            k, fn = items[i]
             sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import KernelFloor, paired_ratio, paired_times, record
+from benchmarks.common import KernelFloor, balanced_orders, paired_ratio, paired_times, record
 from lib.models import ModelConfig, MoEFeedForward, Transformer
 
 
@@ -133,7 +133,22 @@ def test_choice_check_decides_only_what_the_noise_resolves():
         choice_check(base, "auto", "c", ["a", "b"])
 
 
-def test_paired_times_rotates_the_order_of_each_round():
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8])
+def test_balanced_orders_give_every_contender_each_predecessor_and_position_equally_often(n):
+    from collections import Counter
+    rows = balanced_orders(n)
+    assert all(sorted(row) == list(range(n)) for row in rows)
+    assert len(rows) == (n if n % 2 == 0 else 2 * n)
+    pairs = Counter((a, b) for row in rows for a, b in zip(row, row[1:]))
+    assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(pairs.values())) <= 1                              # each ordered pair alike
+    assert len(set(Counter(row[0] for row in rows).values())) == 1   # each first equally often
+    with pytest.raises(ValueError, match="n must be"):
+        balanced_orders(0)
+
+
+def test_paired_times_runs_each_round_in_the_balanced_order():
     calls = []
-    paired_times({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, steps=1, warmup=0)
-    assert "".join(calls) == "abcbcacab"
+    paired_times({k: (lambda k=k: calls.append(k)) for k in "abcd"}, repeats=5, steps=1, warmup=0)
+    rows = balanced_orders(4)
+    assert calls == ["abcd"[i] for r in range(5) for i in rows[r % 4]]

@@ -35,8 +35,12 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack as _di
 from lib.core import check_int
 
 CACHE_ENV = "WORKBENCH_DISPATCH_CACHE"
-# Timed calls per candidate (after one warm-up call), interleaved round by round.
-CALIBRATION_REPEATS = 3
+# Calibration: interleaved rounds (one call per candidate each) filling about this many seconds,
+# within these bounds. Three rounds of single ~1 ms calls picked a path 25% slower than the
+# other in one of five fresh processes on a shared 2-core CPU; a tenth of a second of rounds
+# is paid once per shape and cache file.
+CALIBRATION_BUDGET_S = 0.1
+CALIBRATION_ROUNDS = (5, 50)
 
 _CHOICES: dict[str, str] = {}
 _LOADED_FROM: str | None = None
@@ -119,13 +123,25 @@ def _sync(device: torch.device) -> None:
 
 
 def time_candidates(candidates: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
-                    repeats: int = CALIBRATION_REPEATS) -> dict[str, float]:
-    """Median seconds per call of each candidate: one warm-up call each, then ``repeats``
-    interleaved rounds (A B A B ...), so load from other processes falls on all of them."""
-    repeats = check_int("repeats", repeats, 1)
+                    repeats: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each candidate: two warm-up calls each, then ``repeats``
+    interleaved rounds (A B A B ...), so load from other processes falls on all of them.
+    ``repeats=None`` sizes the rounds from the second warm-up call to fill about
+    ``CALIBRATION_BUDGET_S``, within ``CALIBRATION_ROUNDS``."""
+    if repeats is not None:
+        repeats = check_int("repeats", repeats, 1)
     device = torch.device(device)
+    round_s = 0.0
     for fn in candidates.values():
         fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        round_s += time.perf_counter() - t0
+    if repeats is None:
+        low, high = CALIBRATION_ROUNDS
+        repeats = min(high, max(low, int(CALIBRATION_BUDGET_S / max(round_s, 1e-9))))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():

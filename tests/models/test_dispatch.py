@@ -21,10 +21,11 @@ from lib.models import (
     dispatch_choices,
     fastest,
     grouped_mm_available,
+    time_candidates,
     measured_choice_allowed,
     split_projection,
 )
-from lib.models.dispatch import choose
+from lib.models.dispatch import CALIBRATION_ROUNDS, choose
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,21 @@ def test_fastest_picks_the_faster_candidate_and_caches_it():
     assert calls == [] and cached_choice(("t", 1)) == "quick" and dispatch_choices() == {"t|1": "quick"}
     with pytest.raises(ValueError, match="at least one"):
         fastest(("t", 2), {})
+
+
+def test_calibration_rounds_fill_the_budget_within_their_bounds():
+    low, high = CALIBRATION_ROUNDS
+    calls = []
+    quick = time_candidates({"a": sleeper(0.0, calls, "a"), "b": sleeper(0.0, calls, "b")})
+    assert set(quick) == {"a", "b"} and calls.count("a") == calls.count("b") == 2 + high
+    calls.clear()
+    time_candidates({"a": sleeper(0.03, calls, "a"), "b": sleeper(0.0, calls, "b")})
+    assert calls.count("a") == 2 + low  # 0.03 s a round: the floor, not 0.1 / 0.03 = 3 rounds
+    calls.clear()
+    time_candidates({"a": sleeper(0.0, calls, "a")}, repeats=3)
+    assert calls.count("a") == 5
+    with pytest.raises(ValueError, match="repeats"):
+        time_candidates({"a": sleeper(0.0, calls, "a")}, repeats=0)
 
 
 def test_disk_cache_is_written_and_read_back(tmp_path, monkeypatch):
