@@ -23,10 +23,17 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_models.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import paired_ratio, paired_times, record
+from benchmarks.common import calls_per_block, choice_check, paired_ratio, paired_times, record
 from lib import experiments
 from lib.core import autocast, pick_device, profile_settings
-from lib.models import ModelConfig, Transformer, copy_to_hf, to_hf
+from lib.models import (
+    ModelConfig,
+    Transformer,
+    copy_to_hf,
+    projection_impl,
+    split_projection,
+    to_hf,
+)
 from lib.scaling import run_flops_per_token
 from lib.training import adamw
 
@@ -79,6 +86,37 @@ def throughput(shape: str, batch: int, repeats: int, steps: int, device) -> dict
     for w, fn in fns.items():
         floor = record(fn)
         out["floor"][w] = (floor.replay_seconds(repeats=repeats, device=device), floor.gemm_flops)
+    return out
+
+
+def projection_choice(shape: str, batch: int, repeats: int, device) -> dict[str, dict]:
+    """Whether ``split_projection``'s "auto" (measured where ``$WORKBENCH_DISPATCH_CACHE`` is
+    set, else the static rule) is within 5% of the faster of "fused" and "split", for the
+    model's two projections (QKV, gate-up) at this shape: forward + backward of each, paired
+    repeats, ``choice_check`` with auto against the implementation it ran as the A/A control."""
+    config = ModelConfig(**SHAPES[shape])
+    tokens = batch * config.max_seq_len
+    torch.manual_seed(0)
+    model = Transformer(config).to(device)
+    attn = next(m for m in model.modules() if hasattr(m, "qkv"))
+    mlp = next(m for m in model.modules() if hasattr(m, "gate_up"))
+    out = {}
+    for name, linear, sizes in (("QKV", attn.qkv, (attn.q_size + attn.kv_size, attn.kv_size)),
+                                ("gate-up", mlp.gate_up, (mlp.d_ff, mlp.d_ff))):
+        x = torch.randn(tokens, config.d_model, device=device)
+        grads = [torch.randn(tokens, n, device=device) for n in sizes]
+
+        def fwd_bwd(impl, linear=linear, sizes=sizes, x=x, grads=grads):
+            def fn():
+                xi = x.detach().requires_grad_(True)
+                torch.autograd.backward(split_projection(xi, linear, sizes, impl), grads)
+            return fn
+
+        fns = {impl: fwd_bwd(impl) for impl in ("auto", "fused", "split")}
+        steps = calls_per_block(fns["auto"], device=device)  # auto's first call calibrates
+        ran = projection_impl(x.detach().requires_grad_(True), linear, sizes)
+        times = paired_times(fns, repeats, steps, device)
+        out[name] = {"ran": ran, "steps": steps, **choice_check(times, "auto", ran, ["fused", "split"])}
     return out
 
 
@@ -268,6 +306,11 @@ def main(argv=None) -> None:
     print(f"kernel floor: GEMM + attention kernels alone take {res['floor']['ours'][0] / res['step_s']['ours']:.0%} "
           f"of our step; any implementation launching them can be at most {ceiling:.2f}x Llama here")
     print(f"step-memory ratio ours/llama: {mem['ours'] / max(mem['llama'], 1e-9):.2f}x")
+    for name, check in projection_choice(shape, batch, repeats, device).items():
+        ratios = ", ".join(f"{impl} {r:.3f} [{lo:.3f}, {hi:.3f}]" for impl, (r, lo, hi) in check["ratios"].items())
+        print(f"{name} projection, auto ran {check['ran']!r}: time auto / each, geometric mean [95% CI] over "
+              f"{repeats} paired repeats of {check['steps']} calls: {ratios}; A/A resolves "
+              f"+/-{check['resolution']:.1%}; target auto <= 1.05x the faster: {check['verdict']}")
     if args.compile:
         comp = compiled_throughput(shape, batch, repeats, steps, device)
         print("\ntorch.compile (both models; median ms/step):  " + ",  ".join(

@@ -18,17 +18,15 @@ Interleaved repeats, medians; the machine may be shared, so read the ratios.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 if __package__ in (None, ""):  # run as a script: python benchmarks/bench_moe.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import choice_check, paired_ratio, paired_times, record
+from benchmarks.common import calls_per_block, choice_check, paired_ratio, paired_times, record
 from lib.core import pick_device
 from lib.models import ModelConfig, MoEFeedForward, Transformer, to_hf_mixtral_block
 from lib.training import build_optimizers
@@ -79,10 +77,8 @@ def layer_throughput(shape: str, repeats: int, steps: int, device) -> dict[str, 
 
     fns = {name: fwd_bwd(layer) for name, layer in layers.items()}
     fns["stack 3 x E expert matrices"] = stack_cost
-    fns["lib.models.moe (auto)"]()  # calibrates auto's choice (cached), outside the timings
-    t0 = time.perf_counter()
-    fns["lib.models.moe (auto)"]()
-    steps = max(steps, math.ceil(BLOCK_S / (time.perf_counter() - t0)))
+    # auto's first call calibrates its choice (cached), outside the timings.
+    steps = calls_per_block(fns["lib.models.moe (auto)"], steps, BLOCK_S, device)
     times = paired_times(fns, repeats, steps, device)
     secs = {k: statistics.median(v) for k, v in times.items()}
     out = {name: tokens / t for name, t in secs.items() if not name.startswith("stack")}

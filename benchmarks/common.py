@@ -47,6 +47,19 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
+def calls_per_block(fn: Callable[[], object], minimum: int = 1, block_s: float = 0.02,
+                    device: torch.device | str | None = None) -> int:
+    """How many calls of ``fn`` fill about ``block_s`` seconds (at least ``minimum``), from one
+    timed call after one untimed one: ``paired_times``' ``steps`` for short calls, whose blocks
+    of a few calls leave a round's ratio to the timer's and the scheduler's noise."""
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return max(minimum, math.ceil(block_s / max(time.perf_counter() - t0, 1e-9)))
+
+
 def balanced_orders(n: int) -> list[list[int]]:
     """Orders of ``n`` contenders in which each one directly follows every other equally often
     (a Williams design: ``n`` rows for even ``n``, ``2 n`` for odd), and each one runs first in

@@ -12,6 +12,7 @@ from lib.models.dispatch import (
     dispatch_choices,
     fastest,
     measured_choice_allowed,
+    relative_times,
     time_candidates,
 )
 from lib.models.hf import (
@@ -55,6 +56,7 @@ from lib.models.transformer import (
     SwiGLU,
     Transformer,
     load_flash_attn,
+    projection_impl,
     split_projection,
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "SPLIT_PROJECTION_MIN_TOKENS",
     "PROJECTION_IMPLS",
     "split_projection",
+    "projection_impl",
     "RMSNorm",
     "SwiGLU",
     "MLPS",
@@ -85,6 +88,7 @@ __all__ = [
     "CACHE_ENV",
     "fastest",
     "time_candidates",
+    "relative_times",
     "cached_choice",
     "dispatch_choices",
     "clear_dispatch_choices",

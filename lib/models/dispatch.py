@@ -23,6 +23,7 @@ counter) nothing is timed: a cached choice is used, else the static rule.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -44,6 +45,11 @@ CALIBRATION_ROUNDS = (5, 50)
 
 _CHOICES: dict[str, str] = {}
 _LOADED_FROM: str | None = None
+# The hot path: the caller's key tuple -> the choice ``choose`` returned for it (cached or
+# measured, never the static fallback, which a later calibration may replace). Every forward
+# asks; the full lookup (key text, environment, cache file) took 19 us of a 140 us projection
+# forward at d=64 with caches cold from the backward before it. Emptied whenever _CHOICES changes.
+_RESOLVED: dict[tuple, str] = {}
 
 
 def measured_choice_allowed() -> bool:
@@ -58,20 +64,26 @@ def choose(key: tuple[Hashable, ...], make_candidates: Callable[[], dict[str, Ca
            static: str, device: torch.device | str = "cpu") -> str:
     """The implementation to run for ``key``: ``static`` in deterministic mode; else the cached
     choice; else, where timing is allowed (``measured_choice_allowed``), the fastest of
-    ``make_candidates()`` (built only then); else ``static``."""
+    ``make_candidates()`` (built only then); else ``static``. A choice once made for ``key``
+    holds for the rest of the process (until ``clear_dispatch_choices``), even if
+    ``$WORKBENCH_DISPATCH_CACHE`` is pointed elsewhere: a run never changes kernels midway."""
     if torch.are_deterministic_algorithms_enabled():
         return static
-    choice = cached_choice(key)
+    choice = _RESOLVED.get(key)
     if choice is not None:
         return choice
-    if _cache_path() is None or not measured_choice_allowed():
-        return static
-    # Building and timing the candidates may draw random inputs: the caller's RNG streams
-    # (dropout, data order) must not depend on whether this process has calibrated yet, or a
-    # resumed run would differ from an uninterrupted one.
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return fastest(key, make_candidates(), device)
+    choice = cached_choice(key)
+    if choice is None:
+        if _cache_path() is None or not measured_choice_allowed():
+            return static
+        # Building and timing the candidates may draw random inputs: the caller's RNG streams
+        # (dropout, data order) must not depend on whether this process has calibrated yet, or a
+        # resumed run would differ from an uninterrupted one.
+        device = torch.device(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            choice = fastest(key, make_candidates(), device)
+    _RESOLVED[key] = choice
+    return choice
 
 
 def _cache_path() -> Path | None:
@@ -92,6 +104,7 @@ def _load() -> None:
     if path.exists():
         try:
             _CHOICES.update({str(k): str(v) for k, v in json.loads(path.read_text()).items()})
+            _RESOLVED.clear()
         except (OSError, ValueError):
             pass  # an unreadable cache is recalibrated, then rewritten
 
@@ -110,6 +123,7 @@ def _save(key: str, choice: str) -> str:
             pass
     choice = on_disk.get(key, choice)
     _CHOICES.update({**on_disk, key: choice})
+    _RESOLVED.clear()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_CHOICES, indent=1, sort_keys=True))
@@ -122,15 +136,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_candidates(candidates: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
-                    repeats: int | None = None) -> dict[str, float]:
-    """Median seconds per call of each candidate: two warm-up calls each, then ``repeats``
-    interleaved rounds (A B A B ...), so load from other processes falls on all of them.
-    ``repeats=None`` sizes the rounds from the second warm-up call to fill about
-    ``CALIBRATION_BUDGET_S``, within ``CALIBRATION_ROUNDS``."""
-    if repeats is not None:
-        repeats = check_int("repeats", repeats, 1)
-    device = torch.device(device)
+def _time_rounds(candidates: dict[str, Callable[[], object]], device: torch.device,
+                 repeats: int | None) -> dict[str, list[float]]:
+    """Seconds of each candidate's call in each round: two warm-up calls each, then ``repeats``
+    interleaved rounds, every other one in reverse order (A B, B A, ...), so load from other
+    processes and what ran just before fall on all of them alike. ``repeats=None`` sizes the
+    rounds from the second warm-up call to fill about ``CALIBRATION_BUDGET_S``, within
+    ``CALIBRATION_ROUNDS``."""
     round_s = 0.0
     for fn in candidates.values():
         fn()
@@ -142,15 +154,40 @@ def time_candidates(candidates: dict[str, Callable[[], object]], device: torch.d
     if repeats is None:
         low, high = CALIBRATION_ROUNDS
         repeats = min(high, max(low, int(CALIBRATION_BUDGET_S / max(round_s, 1e-9))))
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            candidates[name]()
             _sync(device)
             samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def time_candidates(candidates: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
+                    repeats: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each candidate over interleaved rounds (``repeats``, or
+    enough to fill about ``CALIBRATION_BUDGET_S`` when None), after two warm-up calls each."""
+    if repeats is not None:
+        repeats = check_int("repeats", repeats, 1)
+    samples = _time_rounds(candidates, torch.device(device), repeats)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def relative_times(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Each candidate's median over rounds of its time relative to the round's geometric mean:
+    a paired score, so a slow moment of the machine, which slows a whole round, cancels (the
+    medians of raw times let one such round decide between candidates a few percent apart)."""
+    names = list(samples)
+    rounds = len(samples[names[0]])
+    scores: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        mean_log = statistics.fmean(math.log(max(samples[n][r], 1e-12)) for n in names)
+        for n in names:
+            scores[n].append(math.exp(math.log(max(samples[n][r], 1e-12)) - mean_log))
+    return {name: statistics.median(v) for name, v in scores.items()}
 
 
 def fastest(key: tuple[Hashable, ...], candidates: dict[str, Callable[[], object]],
@@ -166,9 +203,10 @@ def fastest(key: tuple[Hashable, ...], candidates: dict[str, Callable[[], object
     if len(candidates) == 1:
         choice = next(iter(candidates))
     else:
-        times = time_candidates(candidates, device)
-        choice = min(times, key=times.get)
+        scores = relative_times(_time_rounds(candidates, torch.device(device), None))
+        choice = min(scores, key=scores.get)
     _CHOICES[k] = _save(k, choice)
+    _RESOLVED.clear()
     return _CHOICES[k]
 
 
@@ -188,4 +226,5 @@ def clear_dispatch_choices() -> None:
     """Forget the in-process choices (the disk cache, if any, is left as it is)."""
     global _LOADED_FROM
     _CHOICES.clear()
+    _RESOLVED.clear()
     _LOADED_FROM = None

@@ -77,7 +77,7 @@ def grouped_mm_available(device: torch.device | str = "cpu", dtype: torch.dtype 
     return _grouped_mm_available(device.type, device.index, dtype)
 
 
-@functools.lru_cache(maxsize=None)  # asked on every "auto" forward; the answer is per device
+@functools.cache  # asked on every "auto" forward; the answer is per device
 def _grouped_mm_available(device_type: str, index: int | None, dtype: torch.dtype) -> bool:
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     if not hasattr(torch, "_grouped_mm") or dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -276,7 +276,7 @@ class MoEFeedForward(nn.Module):
         if mode != "auto":
             return mode, int(counts.max()) if mode == "padded" else 0
         grad = torch.is_grad_enabled() and (h.requires_grad or self.w_gate.requires_grad)
-        key = ("moe", str(h.device), str(self.w_gate.dtype), h.shape[0], self.d_model, self.d_ff,
+        key = ("moe", h.device, self.w_gate.dtype, h.shape[0], self.d_model, self.d_ff,
                self.n_experts, self.top_k, "train" if grad else "eval")
         static = "padded" if h.device.type == "cpu" else unpadded
         if h.device.type != "cpu":  # skip the host sync for the busiest count where grouped is known

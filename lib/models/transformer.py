@@ -149,7 +149,7 @@ def split_projection(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...], impl:
     (``impl="fused"``), one GEMM per piece (``"split"``, the same values), or the faster of the
     two for this device and shape (``"auto"``; see the note above)."""
     if impl == "auto":
-        impl = _projection_impl(x, linear, sizes)
+        impl = projection_impl(x, linear, sizes)
     elif impl not in PROJECTION_IMPLS:
         check_choice("impl", impl, PROJECTION_IMPLS)
     if impl == "split":
@@ -157,11 +157,15 @@ def split_projection(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...], impl:
     return linear(x).split(sizes, dim=-1)
 
 
-def _projection_impl(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...]) -> str:
+def projection_impl(x: Tensor, linear: nn.Linear, sizes: tuple[int, ...]) -> str:
+    """The implementation ("fused" or "split") ``split_projection(x, linear, sizes, "auto")``
+    runs for this input: the measured choice for its device and shape, timed on first use where
+    timing is allowed (``lib.models.dispatch.choose``), else the static rule."""
     tokens = x.shape[:-1].numel()
     static = "split" if x.device.type == "cpu" and tokens >= SPLIT_PROJECTION_MIN_TOKENS else "fused"
     grad = torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad)
-    key = ("proj", str(x.device), str(x.dtype), tokens, x.shape[-1], tuple(sizes), "train" if grad else "eval")
+    # device and dtype as objects: hashed as fast as text, and written as the same text on disk
+    key = ("proj", x.device, x.dtype, tokens, x.shape[-1], tuple(sizes), "train" if grad else "eval")
 
     def candidates():
         x0 = x.detach().reshape(tokens, x.shape[-1]).requires_grad_(grad)

@@ -7,6 +7,7 @@ beyond float summation order)."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import pytest
@@ -21,9 +22,10 @@ from lib.models import (
     dispatch_choices,
     fastest,
     grouped_mm_available,
-    time_candidates,
     measured_choice_allowed,
+    relative_times,
     split_projection,
+    time_candidates,
 )
 from lib.models.dispatch import CALIBRATION_ROUNDS, choose
 
@@ -67,6 +69,18 @@ def test_calibration_rounds_fill_the_budget_within_their_bounds():
     assert calls.count("a") == 5
     with pytest.raises(ValueError, match="repeats"):
         time_candidates({"a": sleeper(0.0, calls, "a")}, repeats=0)
+
+
+def test_relative_times_pair_each_round_so_slow_rounds_cancel():
+    # b is 5% faster in every round; two rounds in five run 3x slower for both (machine load).
+    scores = relative_times({"a": [1.0, 1.0, 3.0, 3.0, 1.0], "b": [0.95, 0.95, 2.85, 2.85, 0.95]})
+    assert scores["b"] / scores["a"] == pytest.approx(0.95)
+    # b is faster in four rounds of five, but load fell on more of its calls than of a's: the
+    # medians of raw times pick a, the paired score picks b.
+    uneven = {"a": [1.0, 1.0, 1.0, 3.0, 3.0], "b": [0.95, 0.95, 3.0, 2.85, 2.85]}
+    assert statistics.median(uneven["a"]) < statistics.median(uneven["b"])
+    scores = relative_times(uneven)
+    assert scores["b"] < scores["a"]
 
 
 def test_disk_cache_is_written_and_read_back(tmp_path, monkeypatch):
