@@ -4,7 +4,8 @@ Where two kernels compute the same values (the MoE layer's dispatch paths, a fus
 projection) and which one is faster depends on the shape and the machine, the choice is made
 by timing them once: ``fastest(key, candidates)`` runs each candidate (a zero-argument
 callable doing a forward and, for a training forward, its backward), interleaved, and keeps
-the one with the lowest median time for ``key`` (a tuple naming the device and the shape). The
+the one with the lowest median time relative to each round's mean (``relative_times``) for
+``key`` (a tuple naming the device and the shape). The
 result is cached in-process, and on disk when ``$WORKBENCH_DISPATCH_CACHE`` names a JSON file
 (for example ``build/dispatch.json``), so later processes on the same machine reuse it and the
 same seed keeps giving the same numbers.
